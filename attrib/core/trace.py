@@ -1,0 +1,254 @@
+"""Traces: run a model's forward in a greenlet and hand the user its module values in order.
+
+>>> import torch, attrib
+>>> net = attrib.Model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+>>> with net.trace(torch.ones(1, 2)):
+...     net[0].output[:] = 0             # edit in place: the next layer sees zeros
+...     out = net.output.save()
+>>> bool(out == net.module[1].bias)
+True
+
+Mechanism: one global forward hook (only while the trace is active) records which modules
+have finished, so that asking for a module the model already ran past is an
+:class:`~attrib.OutOfOrderError` rather than a hang. A value asked for gets a hook on that one
+module; the hook pauses the forward greenlet and hands the value to the user's block.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch.nn.modules.module import register_module_forward_hook
+
+from .errors import InputError, OutOfOrderError
+from .patch import install_trace_patches, local, remove_trace_patches
+from .switch import Coroutine
+from .values import tensors_in
+
+if TYPE_CHECKING:
+    from .backward import BackwardContext
+    from .model import Model
+
+__all__ = ["Trace"]
+
+_KIND_OF = {"output": "output", "input": "inputs", "inputs": "inputs"}
+
+
+class Trace:
+    """The lifecycle of one ``with model.trace(...):`` block. Use it through ``Model.trace``."""
+
+    def __init__(self, model: "Model", args: tuple, kwargs: dict, param_grads: bool = False) -> None:
+        self.model = model
+        self.args = args
+        self.kwargs = kwargs
+        self.param_grads = param_grads
+        self.saved: list[Any] = []
+        self._values: dict[tuple[torch.nn.Module, str], Any] = {}
+        self._ran: set[torch.nn.Module] = set()
+        self._last: torch.nn.Module | None = None
+        self._paused: tuple[torch.nn.Module, str] | None = None
+        self._touched: dict[int, torch.Tensor] = {}
+        self._labels: dict[int, str] = {}
+        self._co: Coroutine | None = None
+        self._global_hook = None
+        self._request_hooks: list[Any] = []
+        self.backward: "BackwardContext | None" = None
+        self._active = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> "Trace":
+        if self.model._trace is not None:
+            raise OutOfOrderError(
+                f"{type(self.model.module).__name__} is already being traced; finish the open "
+                "`with model.trace(...)` block before starting another on the same model."
+            )
+        self.model._trace = self
+        local.traces.append(self)
+        install_trace_patches()
+        self._active = True
+        try:
+            self._global_hook = register_module_forward_hook(self._on_module_done)
+            self._co = Coroutine(self._forward)
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                while not self._co.finished:
+                    self._co.resume()
+        finally:
+            self._cleanup()
+        return False
+
+    def _cleanup(self) -> None:
+        try:
+            if self._co is not None:
+                self._co.close()
+        finally:
+            for handle in self._request_hooks:
+                handle.remove()
+            self._request_hooks.clear()
+            if self._global_hook is not None:
+                self._global_hook.remove()
+                self._global_hook = None
+            if self._active:
+                remove_trace_patches()
+                self._active = False
+            if local.traces and local.traces[-1] is self:
+                local.traces.pop()
+            self.model._trace = None
+            self._co = None
+            self._touched.clear()
+
+    def _forward(self) -> Any:
+        return self.model.module(*self.args, **self.kwargs)
+
+    # -- forward bookkeeping ------------------------------------------------------------------
+    def _on_module_done(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._ran.add(module)
+        self._last = module
+
+    def _where(self) -> str:
+        at = self._paused[0] if self._paused else self._last
+        if at is None:
+            return "it had not started"
+        return f"it was at {self.model._path_of(at)}"
+
+    def _register(self, value: Any, label: str) -> None:
+        for i, t in enumerate(tensors_in(value)):
+            if id(t) not in self._touched:
+                self._touched[id(t)] = t
+                self._labels[id(t)] = label if i == 0 else f"{label} (tensor {i})"
+
+    def label(self, t: torch.Tensor) -> str:
+        """A name for a tensor in messages: its module path when it is a module value."""
+        return self._labels.get(id(t), "this tensor")
+
+    def touched(self) -> list[torch.Tensor]:
+        return list(self._touched.values())
+
+    def _is_running(self, module: torch.nn.Module) -> bool:
+        """True when ``module`` is an ancestor of the module the forward is paused in."""
+        if self._paused is None:
+            return False
+        here = self.model._dotted_of(self._paused[0])
+        mine = self.model._dotted_of(module)
+        return mine == "" or here.startswith(mine + ".") or (mine == here and self._paused[1] == "output")
+
+    # -- reads and writes ---------------------------------------------------------------------
+    def read(self, module: torch.nn.Module, kind: str) -> Any:
+        key = (module, _KIND_OF[kind])
+        if key in self._values:
+            return self._pick(key, kind)
+        path = f"{self.model._path_of(module)}.{kind}"
+        if self.backward is not None:
+            raise OutOfOrderError(
+                f"{path} was first read inside a backward context, after the forward pass is over; "
+                "read it in the trace before the `with ....backward():` block."
+            )
+        if module in self._ran or (key[1] == "inputs" and self._is_running(module)):
+            raise OutOfOrderError(
+                f"{path} was read after the model ran past it ({self._where()}); read module values "
+                "in the order the model computes them."
+            )
+        if self._co.finished:
+            raise OutOfOrderError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
+        self._wait_for(module, key)
+        if key not in self._values:
+            raise OutOfOrderError(
+                f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass "
+                "(the model finished without calling it)."
+            )
+        return self._pick(key, kind)
+
+    def _pick(self, key: tuple[torch.nn.Module, str], kind: str) -> Any:
+        value = self._values[key]
+        if kind == "input":
+            args, kwargs = value
+            if args:
+                return args[0]
+            return next(iter(kwargs.values()), None)
+        return value
+
+    def _wait_for(self, module: torch.nn.Module, key: tuple[torch.nn.Module, str]) -> None:
+        if key[1] == "output":
+            handle = module.register_forward_hook(self._output_hook(key), with_kwargs=True)
+        else:
+            handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
+        self._request_hooks.append(handle)
+        try:
+            while key not in self._values and not self._co.finished:
+                self._co.resume()
+        finally:
+            handle.remove()
+            self._request_hooks.remove(handle)
+
+    def _output_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if key in self._values:  # a later call of the same module
+                return None
+            self._values[key] = output
+            self._register(output, f"{self.model._path_of(module)}.output")
+            self._pause_at(key)
+            new = self._values[key]
+            return None if new is output else new
+
+        return hook
+
+    def _input_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            if key in self._values:
+                return None
+            value = (args, kwargs)
+            self._values[key] = value
+            self._register(value, f"{self.model._path_of(module)}.input")
+            self._pause_at(key)
+            new = self._values[key]
+            return None if new is value else new
+
+        return hook
+
+    def _pause_at(self, key: tuple[torch.nn.Module, str]) -> None:
+        self._paused = key
+        try:
+            self._co.pause()
+        finally:
+            self._paused = None
+
+    def write(self, module: torch.nn.Module, kind: str, value: Any) -> None:
+        key = (module, _KIND_OF[kind])
+        if key not in self._values:
+            self.read(module, kind)
+        if self._paused != key:
+            raise OutOfOrderError(
+                f"{self.model._path_of(module)}.{kind} was assigned after the model ran past it "
+                f"({self._where()}); assign a module's value right after reading it, in execution order."
+            )
+        if kind == "input":
+            args, kwargs = self._values[key]
+            if args:
+                value = ((value, *args[1:]), kwargs)
+            elif kwargs:
+                first = next(iter(kwargs))
+                value = (args, {**kwargs, first: value})
+            else:
+                value = ((value,), kwargs)
+        elif kind == "inputs":
+            if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
+                raise InputError(
+                    f"{self.model._path_of(module)}.inputs must be set to (args_tuple, kwargs_dict), "
+                    f"got {type(value).__name__}."
+                )
+            value = (tuple(value[0]), value[1])
+        self._values[key] = value
+        self._register(value, f"{self.model._path_of(module)}.{kind}")
+
+    @property
+    def output(self) -> Any:
+        """The root module's output (same as ``model.output``)."""
+        return self.read(self.model.module, "output")
+
