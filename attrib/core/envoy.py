@@ -33,6 +33,9 @@ def display_path(dotted: str, root: str = "model") -> str:
     return out
 
 
+_VALUE_NAMES = ("output", "input", "inputs")
+
+
 class Envoy:
     """Stands for one submodule of a :class:`~attrib.Model`.
 
@@ -85,6 +88,9 @@ class Envoy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in _VALUE_NAMES:
+            # Python retries a property that raised AttributeError here: re-raise the model's own error.
+            self._model._reraise_value_error(name)
         module = self._module
         if name in module._modules:
             return self.submodule(name)
@@ -131,7 +137,7 @@ class Envoy:
     @property
     def output(self) -> Any:
         """What the module returned in the current trace (a tensor, tuple or ModelOutput)."""
-        return self._model._active_trace(self, "output").read(self._module, "output")
+        return self._model._read(self, "output")
 
     @output.setter
     def output(self, value: Any) -> None:
@@ -140,7 +146,7 @@ class Envoy:
     @property
     def inputs(self) -> tuple[tuple, dict]:
         """``(args, kwargs)`` the module was called with in the current trace."""
-        return self._model._active_trace(self, "inputs").read(self._module, "inputs")
+        return self._model._read(self, "inputs")
 
     @inputs.setter
     def inputs(self, value: tuple[tuple, dict]) -> None:
@@ -149,7 +155,7 @@ class Envoy:
     @property
     def input(self) -> Any:
         """The first positional argument of the module's call (else its first keyword argument)."""
-        return self._model._active_trace(self, "input").read(self._module, "input")
+        return self._model._read(self, "input")
 
     @input.setter
     def input(self, value: Any) -> None:

@@ -38,6 +38,7 @@ class Model:
         object.__setattr__(self, "_root", Envoy(module, "", self))
         object.__setattr__(self, "_trace", None)
         object.__setattr__(self, "_names", None)
+        object.__setattr__(self, "_value_error", None)
 
     # -- module tree --------------------------------------------------------------------------
     @property
@@ -72,7 +73,23 @@ class Model:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in ("output", "input", "inputs"):
+            self._reraise_value_error(name)
         return getattr(self._root, name)
+
+    def _read(self, envoy: Envoy, kind: str) -> Any:
+        self._value_error = None
+        try:
+            return self._active_trace(envoy, kind).read(envoy.module, kind)
+        except AttributeError as err:
+            object.__setattr__(self, "_value_error", err)
+            raise
+
+    def _reraise_value_error(self, name: str) -> None:
+        err = self._value_error
+        if err is not None:
+            raise err
+        raise AttributeError(name)
 
     def __getitem__(self, index: Any) -> Any:
         return self._root[index]

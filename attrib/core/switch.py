@@ -15,7 +15,13 @@ from typing import Any, Callable
 import greenlet
 import torch
 
-__all__ = ["TorchState", "Coroutine"]
+from .errors import AttribError
+
+__all__ = ["TorchState", "Coroutine", "ResumeAfterFailure"]
+
+
+class ResumeAfterFailure(AttribError):
+    """The model's forward (or a backward) already raised; nothing is left to resume."""
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
@@ -68,19 +74,31 @@ class Coroutine:
         self._glet.gr_context = contextvars.copy_context()
         self._fn = fn
         self.finished = False
+        self.failed: BaseException | None = None
         self.result: Any = None
 
     def _run(self, *_: Any) -> Any:
-        self.result = self._fn()
+        try:
+            self.result = self._fn()
+        except BaseException as err:
+            self.failed = err
+            raise
         self.finished = True
         return self.result
 
     @property
     def started(self) -> bool:
-        return bool(self._glet) or self._glet.dead
+        return self._glet is None or bool(self._glet) or self._glet.dead
 
     def resume(self, value: Any = None) -> Any:
         """Run the child until it pauses or returns."""
+        if self.failed is not None:
+            raise ResumeAfterFailure(
+                f"the traced computation already failed with {type(self.failed).__name__}: {self.failed}; "
+                "fix that error and trace again."
+            ) from self.failed
+        if self.finished:
+            return self.result
         caller = TorchState()
         self._state.apply()
         try:
@@ -97,15 +115,15 @@ class Coroutine:
 
     @property
     def in_child(self) -> bool:
-        return greenlet.getcurrent() is self._glet
+        return self._glet is not None and greenlet.getcurrent() is self._glet
 
     def close(self) -> None:
         """Unwind a paused child (its ``finally`` blocks run); no-op when not started or done."""
-        if self._glet and not self._glet.dead:
+        if self._glet is not None and self._glet and not self._glet.dead:
             caller = TorchState()
             try:
                 self._glet.throw(greenlet.GreenletExit)
             finally:
                 caller.apply()
-        self._glet = greenlet.greenlet(lambda: None)  # drop the frame references
+        self._glet = None  # drop the frame references
         self._fn = None  # type: ignore[assignment]

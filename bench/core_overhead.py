@@ -1,0 +1,256 @@
+"""Overhead of attrib's core against hand-written hooks and NNsight, on "the seed example".
+
+The seed example (``shared/spec/seed-gradients.txt``): run the model on a prompt, capture the last
+decoder layer's output ``h`` and the ``logits``, backpropagate ``logits.sum()`` and get the gradient
+w.r.t. ``logits`` and w.r.t. ``h``. Contestants, timed side by side in one run (interleaved
+repetitions, rotated order, median of ``--reps`` after ``--warmup``; ``torch.cuda.synchronize()``
+around each call on CUDA; parameters' ``.grad`` set to None, untimed, before every call):
+
+- ``attrib``               ``with model.trace(ids): ... with logits.sum().backward(): ...`` (pruned backward)
+- ``hooks (pruned)``       forward hook + ``torch.autograd.grad(logits.sum(), [logits, h])``: the same work
+- ``hooks (full)``         forward hook + ``retain_grad()`` + a full backward (parameter grads too)
+- ``nnsight``              NNsight(hf_model) doing the seed example; skipped when nnsight is not importable
+
+Run from the repo root (attrib need not be installed)::
+
+    python bench/core_overhead.py --cases tiny-gpt2,demo --device cpu
+    python bench/core_overhead.py --cases tiny-gpt2,demo,gpt2-small,llama-1b --device cuda   # bf16, 64 tokens
+
+Cases: tiny-gpt2 (2 layers, d=64, random), demo (SmolLM2-135M via attrib.load_demo_model), gpt2-small
+(GPT2Config() shape, random), llama-1b (Llama-3.2-1B shape, random). Nothing is downloaded.
+Goal: attrib / hooks(pruned) <= 1.03. ``match`` checks attrib's (and the others') gradients against hooks(pruned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+# nnsight patches torch.Tensor.backward globally at import. Import it BEFORE attrib: attrib keeps the
+# Tensor.backward it finds at import and puts that back after every trace, so with the other order
+# the first attrib trace silently removes nnsight's patch (its `with x.backward():` then gets None).
+try:
+    import nnsight  # noqa: E402
+    from nnsight.intervention import backward as _nnsight_backward  # noqa: E402
+except ImportError:  # nnsight is optional
+    nnsight = None  # type: ignore[assignment]
+
+import attrib  # noqa: E402
+
+Grads = tuple[torch.Tensor, torch.Tensor]  # (d logits, d h)
+DEFAULT_CASES = "tiny-gpt2,demo"
+FILLER = ("The capital of France is Paris, and the capital of Italy is Rome. Rivers run to the sea while "
+          "the mountains stand still under the sky; people walk in the streets and talk about the weather. ")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def layers_path(hf: torch.nn.Module) -> str:
+    """Dotted path of the decoder-layer list (GPT-2: transformer.h, Llama-like: model.layers)."""
+    for path in ("transformer.h", "model.layers", "gpt_neox.layers"):
+        obj: object = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return path
+    raise SystemExit(f"no decoder-layer list found in {type(hf).__name__}")
+
+
+def resolve(root: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def build_case(name: str, device: torch.device, dtype: torch.dtype, tokens: int | None
+               ) -> tuple[torch.nn.Module, torch.Tensor, attrib.LanguageModel]:
+    """(hf module in eval mode, token ids [1, T], attrib wrapper) for one case."""
+    torch.manual_seed(0)
+    if name == "demo":
+        model = attrib.load_demo_model(device=str(device), dtype=dtype)
+        hf = model.module.eval()
+        if tokens is None and device.type == "cpu":
+            ids = model.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+        else:
+            ids = model.tokenizer(FILLER * 8, return_tensors="pt")["input_ids"][:, : tokens or 64]
+        return hf, ids.to(device), model
+    cfg: transformers.PretrainedConfig
+    if name == "tiny-gpt2":
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0)
+    elif name == "gpt2-small":
+        cfg = transformers.GPT2Config()
+    elif name == "llama-1b":
+        cfg = transformers.LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                       tie_word_embeddings=True, max_position_embeddings=2048)
+    else:
+        raise SystemExit(f"unknown case {name!r}; choose from tiny-gpt2, demo, gpt2-small, llama-1b")
+    cls = transformers.LlamaForCausalLM if name == "llama-1b" else transformers.GPT2LMHeadModel
+    with torch.device(device):
+        hf = cls(cfg).to(dtype).eval()
+    n = tokens or (64 if device.type == "cuda" else 16)
+    ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+    return hf, ids, attrib.LanguageModel(hf)
+
+
+def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageModel
+                ) -> dict[str, Callable[[], Grads]]:
+    path = layers_path(hf)
+    layer = resolve(hf, path)[-1]  # type: ignore[index]
+    a_layer = resolve(model, path)[-1]  # type: ignore[index]
+
+    def run_attrib() -> Grads:
+        with model.trace(ids):
+            h = a_layer.output
+            logits = model.output.logits
+            with logits.sum().backward():
+                g_logits = logits.grad.save()
+                g_h = h.grad.save()
+        return g_logits, g_h
+
+    def forward_with_hook() -> tuple[torch.Tensor, torch.Tensor]:
+        store: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda _m, _a, out: store.append(out))
+        try:
+            logits = hf(input_ids=ids).logits
+        finally:
+            handle.remove()
+        return store[0], logits
+
+    def run_pruned() -> Grads:
+        h, logits = forward_with_hook()
+        g_logits, g_h = torch.autograd.grad(logits.sum(), [logits, h])
+        return g_logits, g_h
+
+    def run_full() -> Grads:
+        h, logits = forward_with_hook()
+        h.retain_grad()
+        logits.retain_grad()
+        # torch.autograd.backward is what Tensor.backward runs; calling it directly keeps nnsight's
+        # global Tensor.backward patch (source capture on every call) out of this column.
+        torch.autograd.backward(logits.sum())
+        return logits.grad, h.grad
+
+    runs: dict[str, Callable[[], Grads]] = {"attrib": run_attrib, "hooks (pruned)": run_pruned,
+                                            "hooks (full)": run_full}
+    if nnsight is not None:
+        nn_model = nnsight.NNsight(hf)
+        n_layer = resolve(nn_model, path)[-1]  # type: ignore[index]
+
+        def run_nnsight() -> Grads:
+            _nnsight_backward.install()  # no-op unless something removed nnsight's Tensor.backward patch
+            with nn_model.trace(input_ids=ids):
+                h = n_layer.output.save()
+                logits = nn_model.output.logits.save()
+                with logits.sum().backward():
+                    g = logits.grad.save()
+                    gh = h.grad.save()
+            return g, gh
+
+        runs["nnsight"] = run_nnsight
+    return runs
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    rtol = 2e-2 if b.dtype in (torch.bfloat16, torch.float16) else 1e-5
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol,
+                                                 atol=rtol * float(b.float().abs().max()) + 1e-12)
+
+
+def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | None, reps: int, warmup: int
+            ) -> dict[str, str]:
+    hf, ids, model = build_case(name, device, dtype, tokens)
+    runs = contestants(hf, ids, model)
+    params = list(hf.parameters())
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    failed: dict[str, str] = {}
+    first: dict[str, Grads] = {}  # each contestant's gradients from the first repetition
+    for rep in range(warmup + reps):
+        order = list(runs)
+        order = order[rep % len(order):] + order[: rep % len(order)]
+        for key in order:
+            if key in failed:
+                continue
+            for p in params:
+                p.grad = None
+            sync(device)
+            t0 = time.perf_counter()
+            try:
+                grads = runs[key]()
+                sync(device)
+            except Exception as err:  # report in the cell, keep going
+                text = str(err).splitlines()[0][:80].replace("|", "/") if str(err) else ""
+                failed[key] = f"failed: {type(err).__name__}: {text}"
+                continue
+            dt = time.perf_counter() - t0
+            if rep >= warmup:
+                times[key].append(dt)
+            first.setdefault(key, grads)
+    ref = first.get("hooks (pruned)")
+    mismatch = [k for k, g in first.items() if ref is not None and not (close(g[0], ref[0]) and close(g[1], ref[1]))]
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items() if v}
+
+    def cell(key: str) -> str:
+        if key in failed:
+            return failed[key]
+        return f"{med[key]:.2f}" if key in med else "–"
+
+    def ratio(a: str, b: str) -> str:
+        return f"{med[a] / med[b]:.3f}" if a in med and b in med else "–"
+
+    return {"case": name, "tokens": str(ids.shape[-1]), "dtype": str(dtype).removeprefix("torch."),
+            "attrib ms": cell("attrib"), "hooks (pruned) ms": cell("hooks (pruned)"),
+            "hooks (full) ms": cell("hooks (full)"), "nnsight ms": cell("nnsight") if nnsight else "n/a",
+            "attrib / hooks(pruned)": ratio("attrib", "hooks (pruned)"),
+            "attrib / nnsight": ratio("attrib", "nnsight"),
+            "hooks(full) / hooks(pruned)": ratio("hooks (full)", "hooks (pruned)"),
+            "match": ("NO: " + ", ".join(mismatch)) if mismatch else "yes" if ref and "attrib" in first else "–"}
+
+
+def header(device: torch.device, reps: int, warmup: int) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    nn_version = nnsight.__version__ if nnsight is not None else "not installed"
+    return (f"torch {torch.__version__} · transformers {transformers.__version__} · nnsight {nn_version} · "
+            f"python {platform.python_version()} · device {device} ({name}, {torch.get_num_threads()} CPU threads) · "
+            f"median of {reps} after {warmup} warm-up · {datetime.datetime.now().isoformat(timespec='seconds')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma list of tiny-gpt2, demo, gpt2-small, llama-1b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 64 on CUDA, 16 on CPU)")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    print(header(device, args.reps, args.warmup), flush=True)
+    rows = [measure(c.strip(), device, dtype, args.tokens, args.reps, args.warmup)
+            for c in args.cases.split(",") if c.strip()]
+    cols = list(rows[0])
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(row[c] for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
