@@ -24,6 +24,7 @@ Goal: attrib / hooks(pruned) <= 1.03. ``match`` checks attrib's (and the others'
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import statistics
@@ -150,7 +151,9 @@ def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageMo
     runs: dict[str, Callable[[], Grads]] = {"attrib": run_attrib, "hooks (pruned)": run_pruned,
                                             "hooks (full)": run_full}
     if nnsight is not None:
-        nn_model = nnsight.NNsight(hf)
+        # NNsight(m) replaces the forward of every submodule of m with an instrumented wrapper that
+        # stays in place outside its traces: give it its own copy so the other columns run plain modules.
+        nn_model = nnsight.NNsight(copy.deepcopy(hf))
         n_layer = resolve(nn_model, path)[-1]  # type: ignore[index]
 
         def run_nnsight() -> Grads:

@@ -175,8 +175,8 @@ class BackwardContext:
         """Whether ``t.grad`` means "the gradient in this backward pass" for ``t``."""
         if self._co is None or self._co.in_child:
             return False
-        key = id(t)
-        return key in self._tensors or (t.requires_grad and t.grad_fn is not None)
+        # Everything but untouched leaves that require grad (parameters): their .grad keeps torch's meaning.
+        return id(t) in self._tensors or not t.requires_grad or t.grad_fn is not None
 
     def _label(self, t: torch.Tensor) -> str:
         return "the loss" if t is self.loss else self.trace.label(t)
