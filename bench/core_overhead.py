@@ -9,7 +9,9 @@ around each call on CUDA; parameters' ``.grad`` set to None, untimed, before eve
 - ``attrib``               ``with model.trace(ids): ... with logits.sum().backward(): ...`` (pruned backward)
 - ``hooks (pruned)``       forward hook + ``torch.autograd.grad(logits.sum(), [logits, h])``: the same work
 - ``hooks (full)``         forward hook + ``retain_grad()`` + a full backward (parameter grads too)
-- ``nnsight``              NNsight(hf_model) doing the seed example; skipped when nnsight is not importable
+- ``nnsight``              NNsight doing the seed example, on a deep copy of the model (NNsight(m) leaves a
+                           wrapper on every submodule's forward); its backward context runs a real
+                           Tensor.backward, so it computes parameter grads too. Skipped when not importable
 
 Run from the repo root (attrib need not be installed)::
 
@@ -38,9 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-# nnsight patches torch.Tensor.backward globally at import. Import it BEFORE attrib: attrib keeps the
-# Tensor.backward it finds at import and puts that back after every trace, so with the other order
-# the first attrib trace silently removes nnsight's patch (its `with x.backward():` then gets None).
+# nnsight patches torch.Tensor.backward globally at import; attrib restores whatever it finds when a
+# trace starts, so either import order works.
 try:
     import nnsight  # noqa: E402
     from nnsight.intervention import backward as _nnsight_backward  # noqa: E402
@@ -111,7 +112,8 @@ def build_case(name: str, device: torch.device, dtype: torch.dtype, tokens: int 
 
 
 def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageModel
-                ) -> dict[str, Callable[[], Grads]]:
+                ) -> tuple[dict[str, Callable[[], Grads]], list[torch.nn.Module]]:
+    """The timed callables, and the modules whose parameters' .grad must be reset between calls."""
     path = layers_path(hf)
     layer = resolve(hf, path)[-1]  # type: ignore[index]
     a_layer = resolve(model, path)[-1]  # type: ignore[index]
@@ -153,7 +155,8 @@ def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageMo
     if nnsight is not None:
         # NNsight(m) replaces the forward of every submodule of m with an instrumented wrapper that
         # stays in place outside its traces: give it its own copy so the other columns run plain modules.
-        nn_model = nnsight.NNsight(copy.deepcopy(hf))
+        nn_copy = copy.deepcopy(hf)
+        nn_model = nnsight.NNsight(nn_copy)
         n_layer = resolve(nn_model, path)[-1]  # type: ignore[index]
 
         def run_nnsight() -> Grads:
@@ -167,7 +170,8 @@ def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageMo
             return g, gh
 
         runs["nnsight"] = run_nnsight
-    return runs
+        return runs, [hf, nn_copy]
+    return runs, [hf]
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -179,8 +183,8 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | None, reps: int, warmup: int
             ) -> dict[str, str]:
     hf, ids, model = build_case(name, device, dtype, tokens)
-    runs = contestants(hf, ids, model)
-    params = list(hf.parameters())
+    runs, modules = contestants(hf, ids, model)
+    params = [p for m in modules for p in m.parameters()]
     times: dict[str, list[float]] = {k: [] for k in runs}
     failed: dict[str, str] = {}
     first: dict[str, Grads] = {}  # each contestant's gradients from the first repetition
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 64 on CUDA, 16 on CPU)")
-    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args(argv)
     device = torch.device(args.device)

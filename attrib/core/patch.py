@@ -73,8 +73,9 @@ class NoGradError(AttribError, RuntimeError):
 
 def plain_backward(tensor: torch.Tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:
     """``Tensor.backward`` with torch's semantics; its common errors say what to do instead."""
+    underlying = _saved.get("backward", ORIGINAL_BACKWARD)  # another library's patch, if it had one
     try:
-        ORIGINAL_BACKWARD(tensor, gradient, retain_graph, create_graph, inputs)
+        underlying(tensor, gradient, retain_graph, create_graph, inputs)
     except RuntimeError as err:
         better = _translate(err)
         if better is None:
@@ -122,11 +123,30 @@ def _grad_del(self: torch.Tensor) -> None:
     original_grad.__delete__(self)
 
 
+_MISSING = object()
+_saved: dict[str, object] = {}
+
+
+def _swap_in(name: str, value: object) -> None:
+    """Remember what ``torch.Tensor.<name>`` is now (another library may have patched it), then set it."""
+    _saved[name] = torch.Tensor.__dict__.get(name, _MISSING)
+    setattr(torch.Tensor, name, value)
+
+
+def _swap_out(name: str) -> None:
+    """Put back exactly what was there before :func:`_swap_in`."""
+    old = _saved.pop(name)
+    if old is _MISSING:
+        delattr(torch.Tensor, name)
+    else:
+        setattr(torch.Tensor, name, old)
+
+
 def install_trace_patches() -> None:
     with _lock:
         if _counts["trace"] == 0:
-            torch.Tensor.backward = _backward
-            torch.Tensor.save = _save
+            _swap_in("backward", _backward)
+            _swap_in("save", _save)
         _counts["trace"] += 1
 
 
@@ -134,14 +154,14 @@ def remove_trace_patches() -> None:
     with _lock:
         _counts["trace"] -= 1
         if _counts["trace"] == 0:
-            torch.Tensor.backward = ORIGINAL_BACKWARD
-            del torch.Tensor.save
+            _swap_out("backward")
+            _swap_out("save")
 
 
 def install_grad_patch() -> None:
     with _lock:
         if _counts["grad"] == 0:
-            torch.Tensor.grad = property(_grad_get, _grad_set, _grad_del, original_grad.__doc__)
+            _swap_in("grad", _GRAD_PROPERTY)
         _counts["grad"] += 1
 
 
@@ -149,4 +169,7 @@ def remove_grad_patch() -> None:
     with _lock:
         _counts["grad"] -= 1
         if _counts["grad"] == 0:
-            del torch.Tensor.grad
+            _swap_out("grad")
+
+
+_GRAD_PROPERTY = property(_grad_get, _grad_set, _grad_del, original_grad.__doc__)

@@ -17,47 +17,46 @@ import torch
 
 from .errors import AttribError
 
-__all__ = ["TorchState", "Coroutine", "ResumeAfterFailure"]
+__all__ = ["capture", "restore", "Coroutine", "ResumeAfterFailure"]
 
 
 class ResumeAfterFailure(AttribError):
     """The model's forward (or a backward) already raised; nothing is left to resume."""
 
-_AUTOCAST_DEVICES = ("cpu", "cuda")
+_C = torch._C
+_AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+State = tuple  # (grad, (autocast enabled, dtype) per device..., cache, cuda (device, stream) or None)
 
 
-class TorchState:
-    """Snapshot of the thread-local torch state that a model's forward can change mid-way."""
+def capture() -> State:
+    """The thread-local torch state that a model's forward can change mid-way, as a comparable tuple."""
+    cuda = None
+    if len(_AUTOCAST_DEVICES) > 1 and torch.cuda.is_initialized():
+        device = _C._cuda_getDevice()
+        cuda = (device, _C._cuda_getCurrentStream(device))
+    return (torch.is_grad_enabled(),
+            *((torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES),
+            torch.is_autocast_cache_enabled(), cuda)
 
-    __slots__ = ("grad", "autocast", "cache", "cuda")
 
-    def __init__(self) -> None:
-        self.grad = torch.is_grad_enabled()
-        self.autocast = tuple(
-            (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES
-        )
-        self.cache = torch.is_autocast_cache_enabled()
-        self.cuda = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.cuda = (torch.cuda.current_device(), torch.cuda.current_stream())
-
-    def apply(self) -> None:
-        """Make this snapshot the thread's state (only what differs is set)."""
-        if torch.is_grad_enabled() != self.grad:
-            torch.set_grad_enabled(self.grad)
-        for device, (enabled, dtype) in zip(_AUTOCAST_DEVICES, self.autocast):
-            if torch.is_autocast_enabled(device) != enabled:
-                torch.set_autocast_enabled(device, enabled)
-            if torch.get_autocast_dtype(device) != dtype:
-                torch.set_autocast_dtype(device, dtype)
-        if torch.is_autocast_cache_enabled() != self.cache:
-            torch.set_autocast_cache_enabled(self.cache)
-        if self.cuda is not None:
-            device, stream = self.cuda
-            if torch.cuda.current_device() != device:
-                torch.cuda.set_device(device)
-            if torch.cuda.current_stream() != stream:
-                torch.cuda.set_stream(stream)
+def restore(state: State, current: State) -> None:
+    """Set the thread's state to ``state`` (``current`` is what it is now; only differences are set)."""
+    if state == current:
+        return
+    if state[0] != current[0]:
+        torch.set_grad_enabled(state[0])
+    for i, device in enumerate(_AUTOCAST_DEVICES, start=1):
+        if state[i] != current[i]:
+            torch.set_autocast_enabled(device, state[i][0])
+            torch.set_autocast_dtype(device, state[i][1])
+    if state[-2] != current[-2]:
+        torch.set_autocast_cache_enabled(state[-2])
+    if state[-1] != current[-1] and state[-1] is not None:
+        device, (stream_id, device_index, device_type) = state[-1]
+        torch.cuda.set_device(device)
+        torch.cuda.set_stream(torch.cuda.Stream(stream_id=stream_id, device_index=device_index,
+                                                device_type=device_type))
 
 
 class Coroutine:
@@ -69,7 +68,7 @@ class Coroutine:
     """
 
     def __init__(self, fn: Callable[[], Any]) -> None:
-        self._state = TorchState()  # the child starts with the caller's state at creation
+        self._state = capture()  # the child starts with the caller's state at creation
         self._glet = greenlet.greenlet(self._run)
         self._glet.gr_context = contextvars.copy_context()
         self._fn = fn
@@ -99,14 +98,15 @@ class Coroutine:
             ) from self.failed
         if self.finished:
             return self.result
-        caller = TorchState()
-        self._state.apply()
+        caller = capture()
+        restore(self._state, caller)
         try:
             out = self._glet.switch(value)
         finally:
+            now = capture()
             if not self._glet.dead:
-                self._state = TorchState()
-            caller.apply()
+                self._state = now
+            restore(caller, now)
         return out
 
     def pause(self, value: Any = None) -> Any:
@@ -120,10 +120,10 @@ class Coroutine:
     def close(self) -> None:
         """Unwind a paused child (its ``finally`` blocks run); no-op when not started or done."""
         if self._glet is not None and self._glet and not self._glet.dead:
-            caller = TorchState()
+            caller = capture()
             try:
                 self._glet.throw(greenlet.GreenletExit)
             finally:
-                caller.apply()
+                restore(caller, capture())
         self._glet = None  # drop the frame references
         self._fn = None  # type: ignore[assignment]

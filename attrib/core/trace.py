@@ -49,7 +49,7 @@ class Trace:
         self._last: torch.nn.Module | None = None
         self._paused: tuple[torch.nn.Module, str] | None = None
         self._touched: dict[int, torch.Tensor] = {}
-        self._labels: dict[int, str] = {}
+        self._labels: dict[int, tuple[torch.nn.Module, str, int]] = {}
         self._co: Coroutine | None = None
         self._global_hook = None
         self._request_hooks: list[Any] = []
@@ -118,15 +118,20 @@ class Trace:
             return "it had not started"
         return f"it was at {self.model._path_of(at)}"
 
-    def _register(self, value: Any, label: str) -> None:
+    def _register(self, value: Any, module: torch.nn.Module, kind: str) -> None:
         for i, t in enumerate(tensors_in(value)):
             if id(t) not in self._touched:
                 self._touched[id(t)] = t
-                self._labels[id(t)] = label if i == 0 else f"{label} (tensor {i})"
+                self._labels[id(t)] = (module, kind, i)
 
     def label(self, t: torch.Tensor) -> str:
         """A name for a tensor in messages: its module path when it is a module value."""
-        return self._labels.get(id(t), "this tensor")
+        found = self._labels.get(id(t))
+        if found is None:
+            return "this tensor"
+        module, kind, i = found
+        label = f"{self.model._path_of(module)}.{kind}"
+        return label if i == 0 else f"{label} (tensor {i})"
 
     def touched(self) -> list[torch.Tensor]:
         return list(self._touched.values())
@@ -192,7 +197,7 @@ class Trace:
             if key in self._values:  # a later call of the same module
                 return None
             self._values[key] = output
-            self._register(output, f"{self.model._path_of(module)}.output")
+            self._register(output, module, "output")
             self._pause_at(key)
             new = self._values[key]
             return None if new is output else new
@@ -205,7 +210,7 @@ class Trace:
                 return None
             value = (args, kwargs)
             self._values[key] = value
-            self._register(value, f"{self.model._path_of(module)}.input")
+            self._register(value, module, "input")
             self._pause_at(key)
             new = self._values[key]
             return None if new is value else new
@@ -245,7 +250,7 @@ class Trace:
                 )
             value = (tuple(value[0]), value[1])
         self._values[key] = value
-        self._register(value, f"{self.model._path_of(module)}.{kind}")
+        self._register(value, module, kind)
 
     @property
     def output(self) -> Any:

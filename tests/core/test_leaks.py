@@ -143,3 +143,23 @@ def test_demo_model_is_clean_after_errors(demo, leakcheck):
 
 
 test_demo_model_is_clean_after_errors = pytest.mark.slow(test_demo_model_is_clean_after_errors)
+
+
+def test_another_librarys_backward_patch_survives_a_trace(gpt2):
+    model, hf, ids = gpt2
+    original = torch.Tensor.backward
+    calls = []
+
+    def theirs(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.backward = theirs
+    try:
+        with model.trace(ids):
+            model.output.logits.sum().backward()        # bare: goes through their patch
+        assert torch.Tensor.backward is theirs
+        assert calls == [1]
+    finally:
+        torch.Tensor.backward = original
+    hf.zero_grad(set_to_none=True)
