@@ -39,6 +39,8 @@ class Model:
         object.__setattr__(self, "_trace", None)
         object.__setattr__(self, "_names", None)
         object.__setattr__(self, "_value_error", None)
+        object.__setattr__(self, "_order", None)  # module event order learnt by the first trace
+        object.__setattr__(self, "_container_list", None)
 
     # -- module tree --------------------------------------------------------------------------
     @property
@@ -62,10 +64,20 @@ class Model:
         if self._names is None:
             object.__setattr__(self, "_names", {m: n for n, m in self._module.named_modules(remove_duplicate=False)})
         name = self._names.get(module)
-        if name is None:  # the tree changed after wrapping
+        if name is None:  # the tree changed after wrapping: learn names and module order again
             object.__setattr__(self, "_names", {m: n for n, m in self._module.named_modules(remove_duplicate=False)})
+            object.__setattr__(self, "_order", None)
+            object.__setattr__(self, "_container_list", None)
             name = self._names.get(module, f"<{type(module).__name__}>")
         return name
+
+    def _containers(self) -> list[torch.nn.Module]:
+        """Modules with children (they may be running when their output is asked for), root first."""
+        if self._names is None or self._container_list is None:
+            self._dotted_of(self._module)
+            seen = dict.fromkeys(m for m in self._names if m._modules)
+            object.__setattr__(self, "_container_list", list(seen))
+        return self._container_list
 
     def _path_of(self, module: torch.nn.Module) -> str:
         return display_path(self._dotted_of(module))

@@ -29,15 +29,22 @@ _AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 State = tuple  # (grad, (autocast enabled, dtype) per device..., cache, cuda (device, stream) or None)
 
 
-def capture() -> State:
-    """The thread-local torch state that a model's forward can change mid-way, as a comparable tuple."""
-    cuda = None
-    if len(_AUTOCAST_DEVICES) > 1 and torch.cuda.is_initialized():
-        device = _C._cuda_getDevice()
-        cuda = (device, _C._cuda_getCurrentStream(device))
-    return (torch.is_grad_enabled(),
-            *((torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES),
-            torch.is_autocast_cache_enabled(), cuda)
+_is_grad, _is_ac, _ac_dtype, _is_cache = (torch.is_grad_enabled, torch.is_autocast_enabled,
+                                          torch.get_autocast_dtype, torch.is_autocast_cache_enabled)
+
+if len(_AUTOCAST_DEVICES) > 1:
+    def capture() -> State:
+        """The thread-local torch state that a model's forward can change mid-way, as a comparable tuple."""
+        cuda = None
+        if torch.cuda.is_initialized():
+            device = _C._cuda_getDevice()
+            cuda = (device, _C._cuda_getCurrentStream(device))
+        return (_is_grad(), (_is_ac("cpu"), _ac_dtype("cpu")), (_is_ac("cuda"), _ac_dtype("cuda")),
+                _is_cache(), cuda)
+else:
+    def capture() -> State:
+        """The thread-local torch state that a model's forward can change mid-way, as a comparable tuple."""
+        return (_is_grad(), (_is_ac("cpu"), _ac_dtype("cpu")), _is_cache(), None)
 
 
 def restore(state: State, current: State) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch.nn.modules.module import register_module_forward_hook
 
 from .errors import InputError, OutOfOrderError
+from .order import OrderBook
 from .patch import install_trace_patches, local, remove_trace_patches
 from .switch import Coroutine
 from .values import tensors_in
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Trace"]
 
+_MISSING = object()
 _KIND_OF = {"output": "output", "input": "inputs", "inputs": "inputs"}
 
 
@@ -45,14 +46,14 @@ class Trace:
         self.param_grads = param_grads
         self.saved: list[Any] = []
         self._values: dict[tuple[torch.nn.Module, str], Any] = {}
-        self._ran: set[torch.nn.Module] = set()
-        self._last: torch.nn.Module | None = None
+        self._book = OrderBook(model._order)
         self._paused: tuple[torch.nn.Module, str] | None = None
         self._touched: dict[int, torch.Tensor] = {}
         self._labels: dict[int, tuple[torch.nn.Module, str, int]] = {}
         self._co: Coroutine | None = None
-        self._global_hook = None
         self._request_hooks: list[Any] = []
+        self._wrapped: dict[torch.nn.Module, Any] = {}
+        self._wanted: set[torch.nn.Module] = set()
         self.backward: "BackwardContext | None" = None
         self._active = False
 
@@ -68,7 +69,9 @@ class Trace:
         install_trace_patches()
         self._active = True
         try:
-            self._global_hook = register_module_forward_hook(self._on_module_done)
+            self._book.start()
+            for module in self.model._containers():
+                self._wrap(module)
             self._co = Coroutine(self._forward)
         except BaseException:
             self._cleanup()
@@ -80,9 +83,17 @@ class Trace:
             if exc_type is None:
                 while not self._co.finished:
                     self._co.resume()
+                self._learn_order()
         finally:
             self._cleanup()
         return False
+
+    def _learn_order(self) -> None:
+        book = self._book
+        if book.recording:
+            self.model._order = dict(book.events)
+        elif book.stale:
+            self.model._order = None
 
     def _cleanup(self) -> None:
         try:
@@ -92,9 +103,8 @@ class Trace:
             for handle in self._request_hooks:
                 handle.remove()
             self._request_hooks.clear()
-            if self._global_hook is not None:
-                self._global_hook.remove()
-                self._global_hook = None
+            self._unwrap_all()
+            self._book.stop()
             if self._active:
                 remove_trace_patches()
                 self._active = False
@@ -108,12 +118,8 @@ class Trace:
         return self.model.module(*self.args, **self.kwargs)
 
     # -- forward bookkeeping ------------------------------------------------------------------
-    def _on_module_done(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        self._ran.add(module)
-        self._last = module
-
     def _where(self) -> str:
-        at = self._paused[0] if self._paused else self._last
+        at = self._paused[0] if self._paused else self._book.last
         if at is None:
             return "it had not started"
         return f"it was at {self.model._path_of(at)}"
@@ -136,14 +142,6 @@ class Trace:
     def touched(self) -> list[torch.Tensor]:
         return list(self._touched.values())
 
-    def _is_running(self, module: torch.nn.Module) -> bool:
-        """True when ``module`` is an ancestor of the module the forward is paused in."""
-        if self._paused is None:
-            return False
-        here = self.model._dotted_of(self._paused[0])
-        mine = self.model._dotted_of(module)
-        return mine == "" or here.startswith(mine + ".") or (mine == here and self._paused[1] == "output")
-
     # -- reads and writes ---------------------------------------------------------------------
     def read(self, module: torch.nn.Module, kind: str) -> Any:
         key = (module, _KIND_OF[kind])
@@ -155,7 +153,7 @@ class Trace:
                 f"{path} was first read inside a backward context, after the forward pass is over; "
                 "read it in the trace before the `with ....backward():` block."
             )
-        if module in self._ran or (key[1] == "inputs" and self._is_running(module)):
+        if self._book.passed(module, kind):
             raise OutOfOrderError(
                 f"{path} was read after the model ran past it ({self._where()}); read module values "
                 "in the order the model computes them."
@@ -164,6 +162,7 @@ class Trace:
             raise OutOfOrderError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
         self._wait_for(module, key)
         if key not in self._values:
+            self._book.stale = True  # the recorded order did not foresee this; learn it again next time
             raise OutOfOrderError(
                 f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass "
                 "(the model finished without calling it)."
@@ -181,9 +180,15 @@ class Trace:
 
     def _wait_for(self, module: torch.nn.Module, key: tuple[torch.nn.Module, str]) -> None:
         if key[1] == "output":
-            handle = module.register_forward_hook(self._output_hook(key), with_kwargs=True)
-        else:
-            handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
+            self._wrap(module)
+            self._wanted.add(module)
+            try:
+                while key not in self._values and not self._co.finished:
+                    self._co.resume()
+            finally:
+                self._wanted.discard(module)
+            return
+        handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
         self._request_hooks.append(handle)
         try:
             while key not in self._values and not self._co.finished:
@@ -192,17 +197,43 @@ class Trace:
             handle.remove()
             self._request_hooks.remove(handle)
 
-    def _output_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            if key in self._values:  # a later call of the same module
-                return None
-            self._values[key] = output
-            self._register(output, module, "output")
-            self._pause_at(key)
-            new = self._values[key]
-            return None if new is output else new
+    # Outputs are delivered by wrapping ``module.forward`` (an instance attribute, for this trace only),
+    # not by forward hooks: a hook registered on a module that is already running (the root, a layer
+    # whose submodule was just read) is not called, and hooks put every call on torch's slower path.
+    # Modules with children are wrapped when the trace starts, leaves when they are asked for.
+    def _wrap(self, module: torch.nn.Module) -> None:
+        if module in self._wrapped:
+            return
+        inner = module.forward
+        wanted, deliver = self._wanted, self._deliver
 
-        return hook
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            return deliver(module, out) if module in wanted else out
+
+        forward.__wrapped__ = inner  # inspect.signature(module.forward) still sees the real one
+        self._wrapped[module] = module.__dict__.get("forward", _MISSING)
+        module.__dict__["forward"] = forward
+
+    def _unwrap_all(self) -> None:
+        for module, old in self._wrapped.items():
+            if old is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = old
+        self._wrapped.clear()
+
+    def _output_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        return self._deliver(module, output) if module in self._wanted else None
+
+    def _deliver(self, module: torch.nn.Module, output: Any) -> Any:
+        key = (module, "output")
+        if key in self._values:  # a later call of the same module
+            return output
+        self._values[key] = output
+        self._register(output, module, "output")
+        self._pause_at(key)
+        return self._values[key]
 
     def _input_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -211,6 +242,10 @@ class Trace:
             value = (args, kwargs)
             self._values[key] = value
             self._register(value, module, "input")
+            if module not in self._wrapped:
+                # This call already looked up ``module.forward``: a wrapper would come too late for its
+                # output, but a forward hook added now is still called (a pre-hook put it on the hooked path).
+                self._request_hooks.append(module.register_forward_hook(self._output_hook))
             self._pause_at(key)
             new = self._values[key]
             return None if new is value else new
@@ -218,6 +253,7 @@ class Trace:
         return hook
 
     def _pause_at(self, key: tuple[torch.nn.Module, str]) -> None:
+        self._book.paused_at(*key)
         self._paused = key
         try:
             self._co.pause()
