@@ -3,7 +3,7 @@
 The seed example (``shared/spec/seed-gradients.txt``): run the model on a prompt, capture the last
 decoder layer's output ``h`` and the ``logits``, backpropagate ``logits.sum()`` and get the gradient
 w.r.t. ``logits`` and w.r.t. ``h``. Contestants, timed side by side in one run (interleaved
-repetitions, rotated order, median of ``--reps`` after ``--warmup``; ``torch.cuda.synchronize()``
+repetitions in a shuffled order, each timed call after an untimed one of the same contestant, median of ``--reps`` after ``--warmup``; ``torch.cuda.synchronize()``
 around each call on CUDA; parameters' ``.grad`` set to None, untimed, before every call):
 
 - ``attrib``               ``with model.trace(ids): ... with logits.sum().backward(): ...`` (pruned backward)
@@ -29,6 +29,7 @@ import argparse
 import copy
 import datetime
 import platform
+import random
 import statistics
 import sys
 import time
@@ -188,14 +189,24 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
     times: dict[str, list[float]] = {k: [] for k in runs}
     failed: dict[str, str] = {}
     first: dict[str, Grads] = {}  # each contestant's gradients from the first repetition
+    shuffler = random.Random(0)
     for rep in range(warmup + reps):
         order = list(runs)
-        order = order[rep % len(order):] + order[: rep % len(order)]
+        shuffler.shuffle(order)
         for key in order:
             if key in failed:
                 continue
             for p in params:
                 p.grad = None
+            if rep >= warmup and key not in failed:
+                # An untimed call first: a contestant that follows one freeing ~0.5 GB of parameter
+                # gradients would otherwise pay the page faults of re-allocating that memory.
+                try:
+                    runs[key]()
+                except Exception:
+                    pass
+                for p in params:
+                    p.grad = None
             sync(device)
             t0 = time.perf_counter()
             try:

@@ -170,9 +170,13 @@ class Model:
 class LanguageModel(Model):
     """A Hugging Face language model with its tokenizer.
 
-    >>> model = attrib.LanguageModel(hf_model, tokenizer)               # doctest: +SKIP
-    >>> with model.trace("The capital of France is"):                  # doctest: +SKIP
+    >>> import attrib
+    >>> demo = attrib.load_demo_model(device="cpu")     # a LanguageModel around SmolLM2-135M
+    >>> model = attrib.LanguageModel(demo.module, demo.tokenizer)
+    >>> with model.trace("The capital of France is"):
     ...     logits = model.output.logits.save()
+    >>> model.tokenizer.decode(logits[0, -1].argmax())
+    ' Paris'
 
     Prompts may be a string, a list of strings (a left-padded batch; the attention mask is passed),
     a ``BatchEncoding``/dict, or a tensor of token ids.
