@@ -32,7 +32,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

@@ -133,6 +133,7 @@ def test_string_prompt_without_tokenizer(gpt2):
         lm.trace("hello")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", ["", "   ", [], ["ok", ""]])
 def test_empty_prompt(demo, prompt):
     with pytest.raises(attrib.InputError, match="empty"):
