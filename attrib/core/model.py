@@ -12,6 +12,7 @@ The wrapper is not a copy: the module's own weights, device and dtype are used.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -167,6 +168,14 @@ class Model:
                 )
 
 
+def _parameters(module: torch.nn.Module) -> tuple[str, ...]:
+    """Names of the parameters of ``module.forward`` (empty when they cannot be read)."""
+    try:
+        return tuple(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
 class LanguageModel(Model):
     """A Hugging Face language model with its tokenizer.
 
@@ -213,7 +222,12 @@ class LanguageModel(Model):
         if enc["input_ids"].shape[-1] == 0:
             raise InputError(f"the prompt {prompts!r} tokenizes to no tokens; pass text with at least one token.")
         device = self.device
-        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        out = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        mask = out["attention_mask"]
+        if not bool(mask.all()) and "position_ids" in _parameters(self._module):
+            # left padding: real tokens are numbered from 0 (absolute position embeddings such as GPT-2's need it)
+            out["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return out
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:

@@ -1,0 +1,8 @@
+"""Attribution methods, each a short function on the core."""
+
+from .integrated_gradients import NonFiniteAttributionError, integrated_gradients
+from .result import Attribution
+from .saliency import saliency
+from .targets import Target, TargetError
+
+__all__ = ["Attribution", "NonFiniteAttributionError", "Target", "TargetError", "integrated_gradients", "saliency"]

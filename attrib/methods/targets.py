@@ -121,6 +121,8 @@ def resolve_target(model: Any, logits_last: torch.Tensor | None, target: Any = N
     tokenizer = getattr(model, "tokenizer", None)
     vocab = model.module.get_output_embeddings().weight.shape[0] if hasattr(model.module, "get_output_embeddings") \
         and model.module.get_output_embeddings() is not None else model.module.config.vocab_size
+    if target is None and metric is not None:
+        return Target(ids=(), contrast_ids=None, score=score, text="metric", metric=metric)
     if target is None:
         if logits_last is None:
             raise TargetError("target=None needs the model's prediction; pass a target.")

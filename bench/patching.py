@@ -1,0 +1,140 @@
+"""Attribution patching vs activation patching over every attention head × position (issue: patching).
+
+Both methods score the same thing, the head outputs of an IOI prompt pair (denoise, logit difference):
+
+- ``attribution``  ``attrib.methods.patching.attribution_patching``: one forward on each prompt, one backward
+- ``activation``   ``attrib.methods.patching.activation_patching``: one patched row per head × position,
+                   rows batched in the batch dimension (default chunk size)
+
+Attribution patching is timed as the median of ``--reps`` calls after a warm call; activation patching, which
+runs layers × heads × positions patched rows, once after a warm call on CUDA and once with no warm call on CPU
+(the attribution warm call has already traced the model). ``pearson`` is the correlation of the two score
+tensors (the approximation's quality; random weights make it lower than on the trained demo model).
+
+Run from the repo root (attrib need not be installed)::
+
+    python bench/patching.py --device cpu                      # the demo model (SmolLM2-135M-Instruct), float32
+    python bench/patching.py --device cuda                     # + random-weight SmolLM2-135M shape in bf16
+
+Goal: attribution >= 100x faster than activation patching on the demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import attrib  # noqa: E402
+from attrib.methods.patching import activation_patching, attribution_patching  # noqa: E402
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return (time.perf_counter() - start) * 1000, out
+
+
+def demo_case(device: torch.device) -> tuple[attrib.Model, Any, Any, dict]:
+    model = attrib.load_demo_model(device=str(device))
+    return model, CLEAN, CORRUPTED, dict(target=" Mary", contrast=" John")
+
+
+def random_smollm2(device: torch.device, n_tokens: int) -> tuple[attrib.Model, Any, Any, dict]:
+    """Random weights in SmolLM2-135M's shape, bf16; an IOI-like pair of random token ids (2 positions differ)."""
+    config = transformers.LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                      num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                                      max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=0,
+                                      eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
+    clean = torch.randint(1, config.vocab_size, (1, n_tokens), device=device)
+    corrupted = clean.clone()
+    corrupted[0, [1, n_tokens - 5]] = corrupted[0, [n_tokens - 5, 1]]
+    return attrib.LanguageModel(hf), clean, corrupted, dict(target=11, contrast=12)
+
+
+def run_case(name: str, build: Callable[[], tuple], device: torch.device, reps: int) -> dict:
+    model, clean, corrupted, kw = build()
+    kw = dict(kw, components="heads")
+    attribution_patching(model, clean, corrupted, **kw)                # warm call (also learns the module order)
+    times = []
+    for _ in range(reps):
+        ms, approx = timed(lambda: attribution_patching(model, clean, corrupted, **kw), device)
+        times.append(ms)
+    if device.type == "cuda":
+        activation_patching(model, clean, corrupted, **kw)
+    act_ms, exact = timed(lambda: activation_patching(model, clean, corrupted, **kw), device)
+    x, y = approx.scores["heads"].flatten().float(), exact.scores["heads"].flatten().float()
+    layers, heads, positions = exact.scores["heads"].shape
+    return {"case": name, "patches": f"{layers}×{heads}×{positions} = {layers * heads * positions}",
+            "attr": statistics.median(times), "act": act_ms, "rows": exact.info.get("batch_size"),
+            "forwards": exact.info.get("forwards"), "dtype": str(model.dtype).replace("torch.", ""),
+            "pearson": torch.corrcoef(torch.stack([x, y]))[0, 1].item()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--cases", default=None, help="comma-separated: demo, smollm2-random "
+                        "(default: demo on CPU; demo (when its weights are installed) and smollm2-random on CUDA)")
+    parser.add_argument("--reps", type=int, default=5, help="timed attribution-patching calls (median)")
+    parser.add_argument("--tokens", type=int, default=14, help="prompt length of the random-weight case")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cases = args.cases.split(",") if args.cases else (["demo"] if device.type == "cpu" else ["demo", "smollm2-random"])
+    builders = {"demo": lambda: demo_case(device), "smollm2-random": lambda: random_smollm2(device, args.tokens)}
+    rows = []
+    for name in cases:
+        try:
+            rows.append(run_case(name, builders[name], device, args.reps))
+        except Exception as err:  # noqa: BLE001 - e.g. the demo weights not installed on a GPU host
+            if args.cases:
+                raise
+            print(f"skipped {name}: {type(err).__name__}: {err}", file=sys.stderr)
+    print(f"### {device_name(device)} — {datetime.date.today().isoformat()}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, Python {platform.python_version()}\n")
+    print("| case | dtype | head × position patches | attribution ms | activation ms | ratio | "
+          "activation rows/forward × forwards | pearson |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['dtype']} | {r['patches']} | {r['attr']:.1f} | {r['act']:.1f} | "
+              f"**{r['act'] / r['attr']:.0f}×** | {r['rows']} × {r['forwards']} | {r['pearson']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
