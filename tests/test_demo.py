@@ -16,6 +16,8 @@ def test_demo_writes_png_and_table(tmp_path, capsys, demo):
     assert demo_script.main(["--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "top next token ' Paris'" in printed
+    assert "integrated gradients of the probability of ' Paris'" in printed
+    assert (tmp_path / "integrated_gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "   29 " in printed                       # one row per layer: 30 layers
     png = tmp_path / "residual_grad_norms.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -40,7 +40,8 @@ from ..core.envoy import Envoy
 from ..core.model import Model
 from .common import MethodError, envoy_for, first_tensor, replace_first
 
-__all__ = ["COMPONENTS", "Layout", "KNOWN_LAYOUTS", "resolve_layout", "Sites", "patch_rows"]
+__all__ = ["COMPONENTS", "Layout", "KNOWN_LAYOUTS", "resolve_layout", "Sites", "patch_rows", "normalize_components",
+           "normalize_positions"]
 
 COMPONENTS = ("resid", "attn", "mlp", "heads")
 # Within one decoder layer the model computes these in this order (the head outputs inside attention).
@@ -66,6 +67,30 @@ KNOWN_LAYOUTS: tuple[Layout, ...] = (
     Layout("Llama", "model.layers", "self_attn", "mlp", "self_attn.o_proj"),
     Layout("GPT-NeoX", "gpt_neox.layers", "attention", "mlp", "attention.dense"),
 )
+
+
+def normalize_components(components: Iterable[str] | str) -> tuple[str, ...]:
+    """A tuple of known component names (a single name is allowed), in the order given, without repeats."""
+    comps = tuple(dict.fromkeys((components,) if isinstance(components, str) else components))
+    for c in comps or ("",):
+        if c not in COMPONENTS:
+            what = f"unknown component {c!r}" if comps else "components is empty"
+            raise MethodError(f"{what}; choose from {', '.join(map(repr, COMPONENTS))}.")
+    return comps
+
+
+def normalize_positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
+    """Sorted prompt positions (negative ones count from the end); ``None``: all ``n``."""
+    if positions is None:
+        return list(range(n))
+    out = set()
+    for p in [positions] if isinstance(positions, int) else positions:
+        if not -n <= int(p) < n:
+            raise MethodError(f"position {p} is outside the prompt of {n} tokens.")
+        out.add(int(p) % n)
+    if not out:
+        raise MethodError("positions is empty; pass None for every position.")
+    return sorted(out)
 
 
 def _base_variants() -> tuple[Layout, ...]:

@@ -8,7 +8,7 @@
 >>> clean, corrupted = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 4]])
 >>> approx = attribution_patching(model, clean, corrupted, target=7, contrast=8)
 >>> exact = activation_patching(model, clean, corrupted, target=7, contrast=8)
->>> tuple(approx.scores["resid"].shape), tuple(exact.scores["heads"].shape)   # (layers, positions), (layers, heads, positions)
+>>> tuple(approx.scores["resid"].shape), tuple(exact.scores["heads"].shape)   # (L, positions), (L, heads, positions)
 ((2, 4), (2, 4, 4))
 >>> full = exact.metric_clean - exact.metric_corrupted   # the last layer at the last position carries it all
 >>> abs(exact.scores["resid"][-1, -1].item() - full) < 1e-9
@@ -33,6 +33,7 @@ the same number of tokens, so that positions correspond; otherwise a :class:`Met
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,8 +41,8 @@ import torch
 
 from ..core.model import LanguageModel, Model
 from .common import MethodError, _accepts, is_oom, lm_kwargs, prepare, token_strings
-from .components import COMPONENTS, Sites, patch_rows, resolve_layout
-from .targets import Target, resolve_target
+from .components import COMPONENTS, Sites, normalize_components, normalize_positions, patch_rows, resolve_layout
+from .targets import SCORES, Target, resolve_target
 
 __all__ = ["PatchingResult", "attribution_patching", "activation_patching", "DIRECTIONS"]
 
@@ -185,11 +186,12 @@ def _as_ids(model: Model, prompt: Any, what: str) -> torch.Tensor:
 def _setup(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, score: str,
            metric: Callable | None) -> _Setup:
     hf_style = _accepts(model.module, "input_ids")
-    if isinstance(model, LanguageModel) and isinstance(clean, str) and (metric is None or target is not None):
-        prep = prepare(model, clean, target, contrast, score, metric)
+    lm = isinstance(model, LanguageModel)
+    clean_ids = _as_ids(model, clean, "clean")
+    if lm:  # the target (None: the clean prompt's top token) and its teacher-forced continuation
+        prep = prepare(model, clean_ids, target, contrast, score, metric)
         clean_ids, tgt = prep.input_ids, prep.targets[0]
     else:
-        clean_ids = _as_ids(model, clean, "clean")
         last = None
         if target is None and metric is None:
             with torch.no_grad():
@@ -199,78 +201,46 @@ def _setup(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any,
             last = logits[0, -1] if logits.dim() == 3 else logits[0]
         tgt = _target(model, last, target, contrast, score, metric)
     corr_ids = _as_ids(model, corrupted, "corrupted")
-    cont = tgt.continuation()
-    if cont and clean_ids.dim() == 2 and not clean_ids.is_floating_point():
-        corr_ids = torch.cat([corr_ids, torch.tensor([cont], device=corr_ids.device, dtype=corr_ids.dtype)], 1)
+    if tgt.continuation():
+        corr_ids = torch.cat([corr_ids, torch.tensor([tgt.continuation()], device=corr_ids.device,
+                                                     dtype=corr_ids.dtype)], 1)
+    ids_like = clean_ids.dim() == 2 and not clean_ids.is_floating_point()
     if corr_ids.shape != clean_ids.shape:
         def shown(ids: torch.Tensor) -> str:
-            return str(token_strings(model, ids[0].tolist())) if isinstance(model, LanguageModel) else str(tuple(ids.shape))
+            return str(token_strings(model, ids[0].tolist())) if lm else str(tuple(ids.shape))
         raise MethodError(
             f"clean and corrupted must have the same number of tokens so that positions correspond: clean has "
             f"{clean_ids.shape[1]} {shown(clean_ids)}, corrupted has {corr_ids.shape[1]} {shown(corr_ids)}; "
             "reword one of them (e.g. names that are one token each)."
         )
-    if isinstance(model, LanguageModel) or (clean_ids.dim() == 2 and not clean_ids.is_floating_point()):
-        tokens = token_strings(model, clean_ids[0].tolist()) if isinstance(model, LanguageModel) \
-            else [str(i) for i in clean_ids[0].tolist()]
-    else:
-        tokens = [str(i) for i in range(clean_ids.shape[1])]
-    keep = tgt.n_tokens if tgt.metric is None else 0
-    return _Setup(model, clean_ids, corr_ids, tgt, tokens, keep, hf_style)
+    tokens = token_strings(model, clean_ids[0].tolist()) if lm else \
+        [str(i) for i in (clean_ids[0].tolist() if ids_like else range(clean_ids.shape[1]))]
+    return _Setup(model, clean_ids, corr_ids, tgt, tokens, 0 if tgt.metric is not None else tgt.n_tokens, hf_style)
 
 
 def _target(model: Model, last: torch.Tensor | None, target: Any, contrast: Any, score: str,
             metric: Callable | None) -> Target:
-    module = model.module
-    if metric is not None and target is None:  # the metric decides; no token to extend the prompt with
-        return Target(ids=(0,), contrast_ids=None, score=score, text="metric", metric=metric)
-    if isinstance(model, LanguageModel) or hasattr(module, "config"):
+    """The target of a plain attrib.Model: output indices (ints), or a metric."""
+    if hasattr(model.module, "config"):
         return resolve_target(model, last, target, contrast, score, metric)
-    if target is None:
-        target = int(last.argmax())  # type: ignore[union-attr]
-
-    def ids(value: Any, what: str) -> tuple[int, ...]:
-        if isinstance(value, int):
-            return (value,)
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
-            return tuple(value)
-        raise MethodError(f"{what}={value!r}: a generic attrib.Model takes output indices (ints).")
-
-    tids = ids(target, "target")
-    cids = None if contrast is None else ids(contrast, "contrast")
-    if cids is not None and len(cids) != len(tids):
+    if score not in SCORES:
+        raise MethodError(f"score={score!r} is not one of {', '.join(SCORES)}.")
+    if metric is not None and target is None:
+        return Target(ids=(), contrast_ids=None, score=score, text="metric", metric=metric)
+    ids = []
+    for value, what in ((int(last.argmax()) if target is None else target, "target"), (contrast, "contrast")):
+        value = [value] if isinstance(value, int) else value
+        if value is not None and not (isinstance(value, (list, tuple)) and value
+                                      and all(isinstance(v, int) for v in value)):
+            raise MethodError(f"{what}={value!r}: a plain attrib.Model takes output indices (ints).")
+        ids.append(None if value is None else tuple(value))
+    if ids[1] is not None and len(ids[1]) != len(ids[0]):
         raise MethodError("contrast must have as many indices as target.")
-    return Target(ids=tids, contrast_ids=cids, score=score, text=str(list(tids)), metric=metric)
+    return Target(ids=ids[0], contrast_ids=ids[1], score=score, text=str(list(ids[0])), metric=metric)
 
 
-def _check(components: Sequence[str] | str, direction: str) -> tuple[str, ...]:
-    comps = (components,) if isinstance(components, str) else tuple(components)
-    if not comps:
-        raise MethodError(f"components is empty; choose from {', '.join(map(repr, COMPONENTS))}.")
-    for c in comps:
-        if c not in COMPONENTS:
-            raise MethodError(f"unknown component {c!r}; choose from {', '.join(map(repr, COMPONENTS))}.")
-    if direction not in DIRECTIONS:
-        raise MethodError(f"direction={direction!r} is not one of 'denoise' (patch clean into corrupted) or "
-                          "'noise' (patch corrupted into clean).")
-    return tuple(dict.fromkeys(comps))
-
-
-def _positions(positions: int | Sequence[int] | None, n: int) -> list[int]:
-    if positions is None:
-        return list(range(n))
-    items = [positions] if isinstance(positions, int) else list(positions)
-    out = []
-    for p in items:
-        if not -n <= int(p) < n:
-            raise MethodError(f"position {p} is outside the prompt of {n} tokens.")
-        out.append(int(p) % n)
-    if not out:
-        raise MethodError("positions is empty; pass None for every position.")
-    return sorted(set(out))
-
-
-def _collect(setup: _Setup, sites: Sites, ids: torch.Tensor, keys: Sequence[Key]) -> tuple[dict[Key, torch.Tensor], float]:
+def _collect(setup: _Setup, sites: Sites, ids: torch.Tensor,
+             keys: Sequence[Key]) -> tuple[dict[Key, torch.Tensor], float]:
     """One no-grad forward: the component values at ``keys`` and the metric."""
     model = setup.model
     args, kwargs = setup.call(ids)
@@ -284,12 +254,15 @@ def _common(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any
             metric: Callable | None, components: Sequence[str] | str, direction: str,
             component_map: Mapping[str, Any] | None,
             positions: Any) -> tuple[tuple[str, ...], Sites, _Setup, list[int], list[Key]]:
-    comps = _check(components, direction)
+    comps = normalize_components(components)
+    if direction not in DIRECTIONS:
+        raise MethodError(f"direction={direction!r} is not one of 'denoise' (patch clean into corrupted) or "
+                          "'noise' (patch corrupted into clean).")
     if not isinstance(model, Model):
         raise MethodError(f"model must be an attrib.Model or attrib.LanguageModel, got {type(model).__name__}.")
     sites = Sites(model, resolve_layout(model, component_map, comps))
     setup = _setup(model, clean, corrupted, target, contrast, score, metric)
-    pos = _positions(positions, setup.clean.shape[1])
+    pos = normalize_positions(positions, setup.clean.shape[1])
     keys = [(c, layer) for c in comps for layer in range(sites.n_layers)]
     return comps, sites, setup, pos, keys
 
@@ -315,12 +288,13 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     >>> hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50))
     >>> r = attribution_patching(attrib.LanguageModel(hf.eval()), torch.tensor([[1, 2, 3]]),
     ...                          torch.tensor([[1, 4, 3]]), target=7, components=("resid", "heads"))
-    >>> tuple(r.scores["resid"].shape), tuple(r.scores["heads"].shape)    # (layers, positions), (layers, heads, positions)
+    >>> tuple(r.scores["resid"].shape), tuple(r.scores["heads"].shape)    # (L, positions), (L, heads, positions)
     ((2, 3), (2, 4, 3))
 
-    ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the corrupted run; ``noise``:
-    (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints, negative from the end)
-    restricts the positions axis; ``component_map`` describes an unknown layout (see
+    ``clean`` and ``corrupted`` are one prompt each (text or token ids) of the same number of tokens, else
+    a :class:`MethodError` says so. ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the
+    corrupted run; ``noise``: (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints,
+    negative from the end) restricts the positions axis; ``component_map`` describes an unknown layout (see
     :mod:`attrib.methods.components`). Returns a :class:`PatchingResult`; see the module's example.
     """
     comps, sites, setup, pos, keys = _common(model, clean, corrupted, target, contrast, score, metric,
@@ -341,9 +315,9 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
                 diff = other[key].to(act.dtype) - act.detach()
                 prod = (diff.to(acc) * act.grad.to(acc))[0]
                 prod = sites.split_heads(prod).sum(-1).T if key[0] == "heads" else prod.sum(-1)
-                dots[key] = prod[..., pos].cpu().save()
+                dots[key] = prod[..., pos].save()
         m_recv = m_recv.detach().save()
-    scores = {c: torch.stack([dots[(c, layer)] for layer in range(sites.n_layers)]) for c in comps}
+    scores = {c: torch.stack([dots[(c, layer)] for layer in range(sites.n_layers)]).cpu() for c in comps}
     m_recv_f = float(m_recv[0])
     m_clean, m_corr = (m_source, m_recv_f) if direction == "denoise" else (m_recv_f, m_source)
     return _result("attribution_patching", direction, comps, scores, setup, pos, m_clean, m_corr)
@@ -407,19 +381,13 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
             raise
         start += len(chunk)
         n_forwards += 1
-    axis = {p: i for i, p in enumerate(pos)}
-    scores = {}
+    scores, offset = {}, 0   # rows run component by component, layer by layer (head by head), position by position
     for c in comps:
         shape = (sites.n_layers, sites.n_heads, len(pos)) if c == "heads" else (sites.n_layers, len(pos))
-        out = torch.zeros(shape, dtype=torch.float64)
-        mine = plan[:, 0] == comp_id[c]
-        idx = plan[mine]
-        p_axis = torch.tensor([axis[int(p)] for p in idx[:, 3]], dtype=torch.long)
-        if c == "heads":
-            out[idx[:, 1], idx[:, 2], p_axis] = values[mine]
-        else:
-            out[idx[:, 1], p_axis] = values[mine]
-        scores[c] = out if model.dtype == torch.float64 else out.to(torch.float32)
+        n = math.prod(shape)
+        scores[c] = values[offset:offset + n].view(shape).to(torch.float64 if model.dtype == torch.float64
+                                                              else torch.float32)
+        offset += n
     m_clean, m_corr = (m_source, m_recv) if direction == "denoise" else (m_recv, m_source)
     return _result("activation_patching", direction, comps, scores, setup, pos, m_clean, m_corr,
                    batch_size=size, forwards=n_forwards)

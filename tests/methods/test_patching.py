@@ -91,6 +91,19 @@ def test_closed_form_linear_model(direction, leakcheck):
     assert approx.metric_clean == pytest.approx(exact.metric_clean, abs=1e-12)
 
 
+def test_closed_form_with_a_metric_on_a_plain_model():
+    """A metric on any positions' outputs (no target): still linear, so still exact."""
+    model = linear_model()
+    kw = dict(metric=lambda out: out[:, -1, 3] - 2 * out[:, 2, 5], component_map=LINEAR_MAP)
+    approx = attribution_patching(model, CLEAN, CORRUPTED, **kw)
+    exact = activation_patching(model, CLEAN, CORRUPTED, **kw)
+    assert approx.target == "metric"
+    for comp in approx.scores:
+        torch.testing.assert_close(approx.scores[comp], exact.scores[comp], atol=1e-10, rtol=0)
+    # patching the last layer at position 2 moves the metric's second term only
+    assert exact.scores["resid"][-1, 2].abs() > 1e-3
+
+
 # -- plain-hook references -------------------------------------------------------------------------
 
 def module_of(hf: torch.nn.Module, arch: str, comp: str, layer: int) -> torch.nn.Module:
