@@ -13,11 +13,12 @@
 from .core import (AttribError, GradientValueError, GraphFreedError, InputError, LanguageModel, Model,
                    ModulePathError, NoGradError, NonScalarLossError, OutOfOrderError, load_demo_model, save)
 
-from .methods import Attribution, NonFiniteAttributionError, TargetError, integrated_gradients, saliency
+from .methods import (Attribution, NonFiniteAttributionError, PatchingResult, TargetError, activation_patching,
+                      attribution_patching, integrated_gradients, saliency)
 from .methods.common import MethodError
 
 __version__ = "0.1.0"
 
-__all__ = ["Attribution", "MethodError", "NonFiniteAttributionError", "TargetError", "integrated_gradients",
+__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "Attribution", "MethodError", "NonFiniteAttributionError", "TargetError", "integrated_gradients",
            "saliency", "AttribError", "GradientValueError", "GraphFreedError", "InputError", "LanguageModel", "Model",
            "ModulePathError", "NoGradError", "NonScalarLossError", "OutOfOrderError", "load_demo_model", "save"]

@@ -3,7 +3,8 @@
 >>> import torch, transformers, attrib
 >>> from attrib.methods.components import resolve_layout, Sites
 >>> _ = torch.manual_seed(0)
->>> hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50))
+>>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
+>>> hf = transformers.GPT2LMHeadModel(config)
 >>> model = attrib.Model(hf.eval())
 >>> layout = resolve_layout(model, None, ("resid", "heads"))
 >>> layout.name, layout.layers, layout.out_proj, layout.n_heads

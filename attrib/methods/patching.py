@@ -3,7 +3,8 @@
 >>> import torch, transformers, attrib
 >>> from attrib.methods.patching import attribution_patching, activation_patching
 >>> _ = torch.manual_seed(0)
->>> hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50))
+>>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
+>>> hf = transformers.GPT2LMHeadModel(config)
 >>> model = attrib.LanguageModel(hf.double().eval())
 >>> clean, corrupted = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 4]])
 >>> approx = attribution_patching(model, clean, corrupted, target=7, contrast=8)
@@ -285,7 +286,8 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
 
     >>> import torch, transformers, attrib
     >>> _ = torch.manual_seed(0)
-    >>> hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50))
+    >>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
+>>> hf = transformers.GPT2LMHeadModel(config)
     >>> r = attribution_patching(attrib.LanguageModel(hf.eval()), torch.tensor([[1, 2, 3]]),
     ...                          torch.tensor([[1, 4, 3]]), target=7, components=("resid", "heads"))
     >>> tuple(r.scores["resid"].shape), tuple(r.scores["heads"].shape)    # (L, positions), (L, heads, positions)
@@ -342,7 +344,8 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
 
     >>> import torch, transformers, attrib
     >>> _ = torch.manual_seed(0)
-    >>> hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50))
+    >>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
+>>> hf = transformers.GPT2LMHeadModel(config)
     >>> r = activation_patching(attrib.LanguageModel(hf.eval()), torch.tensor([[1, 2, 3]]),
     ...                         torch.tensor([[1, 4, 3]]), target=7, components="heads", positions=-1)
     >>> tuple(r.scores["heads"].shape), r.positions, r.info["forwards"]   # 2 × 4 patched rows in one forward
