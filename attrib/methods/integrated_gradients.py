@@ -126,45 +126,49 @@ def _lm(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: st
     where = emb if layer is None else envoy_for(model, layer)
     n_out = max(1, prep.n_out) if per_token else 1
     kwargs = lm_kwargs(model, prep.input_ids, prep.attention_mask, prep.keep)
-    x_emb = _values_at(model, [emb], kwargs)[0]
+    with torch.no_grad():
+        x_emb = emb.module(prep.input_ids).detach()
     b_emb = _baseline_embeddings(model, prep, x_emb, baseline)
     if where is emb:
         x, b = x_emb, b_emb
-        f_scores = _scores_at(model, prep, emb, torch.cat([x, b]), per_token)
     else:
         x = _values_at(model, [where], kwargs)[0]
         b = _values_at(model, [emb, where], kwargs, replace={0: b_emb})[1]
-        f_scores = _scores_at(model, prep, where, torch.cat([x, b]), per_token)
     P = x.shape[0]
-    f_x, f_b = f_scores[:P], f_scores[P:]                             # (P, n_out)
-
     ids, contrast_ids, tgt = prep.target_ids(), prep.contrast_ids(), prep.targets[0]
+    # Two extra nodes with weight 0, alpha = 1 and alpha = 0: their scores are f(x) and f(b) for the
+    # completeness delta, from the same batched pass instead of another forward.
+    nodes, node_weights = [*alphas, 1.0, 0.0], [*weights, 0.0, 0.0]
+    n_nodes = len(nodes)
+    ends = torch.zeros(P, n_out, 2, dtype=torch.float64, device=x.device)
 
-    def score_rows(rows: torch.Tensor) -> Callable[[Any], torch.Tensor]:
-        prompt = rows // (len(alphas) * n_out)
-        token = rows % n_out
+    def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rows // (n_nodes * n_out), (rows // n_out) % n_nodes, rows % n_out
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        prompt, step, token = split(rows)
+        alpha = torch.tensor(nodes, dtype=x.dtype, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
+        value = b[prompt] + alpha * (x[prompt] - b[prompt])
+        row_kwargs = lm_kwargs(model, prep.input_ids[prompt], prep.attention_mask[prompt], prep.keep)
 
         def score_fn(output: Any) -> torch.Tensor:
             return _row_scores(tgt, output.logits, ids[prompt], None if contrast_ids is None else contrast_ids[prompt],
                                token if per_token else None)
-        return score_fn
 
-    def run(rows: torch.Tensor) -> torch.Tensor:
-        prompt = rows // (len(alphas) * n_out)
-        step = (rows // n_out) % len(alphas)
-        alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
-        value = b[prompt] + alpha * (x[prompt] - b[prompt])
-        row_kwargs = lm_kwargs(model, prep.input_ids[prompt], prep.attention_mask[prompt], prep.keep)
-        _, grad = gradient_at(model, where, value, score_rows(rows), (), row_kwargs)
-        return grad * torch.tensor(weights, dtype=grad.dtype, device=grad.device)[step].view_as(alpha)
+        scores, grad = gradient_at(model, where, value, score_fn, (), row_kwargs)
+        end = step >= len(alphas)
+        ends[prompt[end], token[end], step[end] - len(alphas)] = scores[end].double()
+        w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view_as(alpha)
+        return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
-    total = P * len(alphas) * n_out
-    group = lambda rows: (rows // (len(alphas) * n_out)) * n_out + rows % n_out  # noqa: E731
+    total = P * n_nodes * n_out
+    group = lambda rows: split(rows)[0] * n_out + split(rows)[2]  # noqa: E731
     summed = run_rows(run, total, group, P * n_out, batch_size, like=x)      # (P * n_out, T, d)
+    f_x, f_b = ends[..., 0], ends[..., 1]                                   # (P, n_out)
     summed = summed.view(P, n_out, *x.shape[1:])
     attr = (x - b).unsqueeze(1) * summed                                    # (P, n_out, T, d)
     _check_finite(attr, method, baseline)
-    delta = attr.flatten(2).sum(-1) - (f_x - f_b)                           # (P, n_out)
+    delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (P, n_out)
     results = []
     for p in range(P):
         keep = (~prep.pad[p]).nonzero().flatten()
@@ -202,25 +206,6 @@ def _row_scores(tgt: Any, logits: torch.Tensor, ids: torch.Tensor, contrast_ids:
     if token is None:
         return per.sum(-1)
     return per.gather(1, token.view(-1, 1)).squeeze(1)
-
-
-def _scores_at(model: LanguageModel, prep: Prepared, envoy: Envoy, values: torch.Tensor, per_token: bool
-               ) -> torch.Tensor:
-    """Target scores (2P, n_out or 1) with ``envoy``'s output set to ``values`` (inputs, then baselines)."""
-    two = torch.cat([prep.input_ids, prep.input_ids]), torch.cat([prep.attention_mask, prep.attention_mask])
-    tgt = prep.targets[0]
-    ids = torch.cat([prep.target_ids()] * 2)
-    cids = prep.contrast_ids()
-    cids = None if cids is None else torch.cat([cids] * 2)
-    with torch.no_grad(), model.trace(**lm_kwargs(model, *two, prep.keep)):
-        envoy.output = replace_first(envoy.output, values)
-        logits = model.output.logits
-        if per_token:
-            out = torch.stack([_row_scores(tgt, logits, ids, cids, torch.full((ids.shape[0],), j, device=ids.device))
-                               for j in range(prep.n_out)], dim=1)
-        else:
-            out = _row_scores(tgt, logits, ids, cids, None).unsqueeze(1)
-    return out.detach()
 
 
 def _check_finite(attr: torch.Tensor, method: str, baseline: Any) -> None:

@@ -117,7 +117,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(monkeypatch):
 
     monkeypatch.setattr(ig_module, "gradient_at", limited)
     got = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
-    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
+    assert sizes[:3] == [10, 5, 2] and set(sizes[3:]) == {2}   # 8 steps + the two end points
     assert torch.equal(got.values, expected.values)
 
 
