@@ -29,10 +29,7 @@ import argparse
 import copy
 import datetime
 import platform
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,16 +47,12 @@ except ImportError:  # nnsight is optional
     nnsight = None  # type: ignore[assignment]
 
 import attrib  # noqa: E402
+from bench.harness import cell as harness_cell, time_contestants  # noqa: E402
 
 Grads = tuple[torch.Tensor, torch.Tensor]  # (d logits, d h)
 DEFAULT_CASES = "tiny-gpt2,demo"
 FILLER = ("The capital of France is Paris, and the capital of Italy is Rome. Rivers run to the sea while "
           "the mountains stand still under the sky; people walk in the streets and talk about the weather. ")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def layers_path(hf: torch.nn.Module) -> str:
@@ -186,48 +179,17 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
     hf, ids, model = build_case(name, device, dtype, tokens)
     runs, modules = contestants(hf, ids, model)
     params = [p for m in modules for p in m.parameters()]
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    failed: dict[str, str] = {}
-    first: dict[str, Grads] = {}  # each contestant's gradients from the first repetition
-    shuffler = random.Random(0)
-    for rep in range(warmup + reps):
-        order = list(runs)
-        shuffler.shuffle(order)
-        for key in order:
-            if key in failed:
-                continue
-            for p in params:
-                p.grad = None
-            if rep >= warmup and key not in failed:
-                # An untimed call first: a contestant that follows one freeing ~0.5 GB of parameter
-                # gradients would otherwise pay the page faults of re-allocating that memory.
-                try:
-                    runs[key]()
-                except Exception:
-                    pass
-                for p in params:
-                    p.grad = None
-            sync(device)
-            t0 = time.perf_counter()
-            try:
-                grads = runs[key]()
-                sync(device)
-            except Exception as err:  # report in the cell, keep going
-                text = str(err).splitlines()[0][:80].replace("|", "/") if str(err) else ""
-                failed[key] = f"failed: {type(err).__name__}: {text}"
-                continue
-            dt = time.perf_counter() - t0
-            if rep >= warmup:
-                times[key].append(dt)
-            first.setdefault(key, grads)
+
+    def reset() -> None:
+        for p in params:
+            p.grad = None
+
+    med, failed, first = time_contestants(runs, device, reps, warmup, before=reset)
     ref = first.get("hooks (pruned)")
     mismatch = [k for k, g in first.items() if ref is not None and not (close(g[0], ref[0]) and close(g[1], ref[1]))]
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items() if v}
 
     def cell(key: str) -> str:
-        if key in failed:
-            return failed[key]
-        return f"{med[key]:.2f}" if key in med else "–"
+        return harness_cell(med, failed, key, digits=2)
 
     def ratio(a: str, b: str) -> str:
         return f"{med[a] / med[b]:.3f}" if a in med and b in med else "–"

@@ -53,10 +53,7 @@ import argparse
 import datetime
 import gc
 import platform
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +64,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import attrib  # noqa: E402
+from bench.harness import cell, ratio, time_contestants  # noqa: E402
 
 try:
     import captum  # noqa: E402
@@ -84,11 +82,6 @@ TARGET = 42
 # The anchor's prompt (shared/bench/anchors_llm.py): 40 tokens with the SmolLM2 tokenizer.
 PROMPT = ("In the quiet town by the river, the old clockmaker opened his shop every morning at seven, "
           "greeting the baker, the postman and the children who walked past on their way to school. ")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(shape: str, device: torch.device, dtype: torch.dtype) -> transformers.LlamaForCausalLM:
@@ -120,53 +113,6 @@ def close(a: torch.Tensor, ref: torch.Tensor) -> str:
     err = float((a - ref).abs().max()) / scale
     ok = bool(torch.isfinite(a).all()) and torch.allclose(a, ref, rtol=tol, atol=tol * scale)
     return f"{'yes' if ok else 'NO'} ({err:.1e})"
-
-
-def bench(runs: dict[str, Callable[[], Any]], device: torch.device, reps: int, warmup: int
-          ) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
-    """Interleaved, shuffled timing: (median ms, failure text, first result) per contestant."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    failed: dict[str, str] = {}
-    first: dict[str, Any] = {}
-    shuffler = random.Random(0)
-    for rep in range(warmup + reps):
-        order = list(runs)
-        shuffler.shuffle(order)
-        for key in order:
-            if key in failed:
-                continue
-            if rep >= warmup:  # an untimed call of the same contestant first
-                try:
-                    runs[key]()
-                except Exception:
-                    pass
-            sync(device)
-            t0 = time.perf_counter()
-            try:
-                out = runs[key]()
-                sync(device)
-            except Exception as err:  # report in the cell, keep going
-                text = str(err).splitlines()[0][:80].replace("|", "/") if str(err) else ""
-                failed[key] = f"failed: {type(err).__name__}: {text}"
-                continue
-            dt = time.perf_counter() - t0
-            if rep >= warmup:
-                times[key].append(dt)
-            first.setdefault(key, out)
-            del out
-    return {k: statistics.median(v) * 1e3 for k, v in times.items() if v}, failed, first
-
-
-def cell(med: dict[str, float], failed: dict[str, str], key: str) -> str:
-    if key in failed:
-        return failed[key]
-    return f"{med[key]:.1f}" if key in med else "–"
-
-
-def ratio(med: dict[str, float], a: str, b: str | None, invert: bool = False) -> str:
-    if a not in med or b is None or b not in med:
-        return "–"
-    return f"{(med[b] / med[a]) if invert else (med[a] / med[b]):.3f}"
 
 
 # -- IG on one target logit ----------------------------------------------------------------------
@@ -214,7 +160,7 @@ def measure_ig(shape: str, device: torch.device, dtype: torch.dtype, tokens: int
             runs[f"captum {ibs}"] = (lambda ibs=ibs: lig.attribute(ids, baselines=zeros, target=TARGET,
                                                                   n_steps=steps, method="gausslegendre",
                                                                   internal_batch_size=ibs)[0])
-    med, failed, first = bench(runs, device, reps, warmup)
+    med, failed, first = time_contestants(runs, device, reps, warmup)
     captums = [k for k in med if k.startswith("captum")]
     best = min(captums, key=med.__getitem__) if captums else None
     match = []
@@ -312,7 +258,7 @@ def measure_matrix(device: torch.device, dtype: torch.dtype, n_out: int, steps: 
                     rows.append((a[:, :-k] if k else a).sum(-1))
                 return torch.cat(rows, dim=0)
         runs["captum"] = run_captum
-    med, failed, first = bench(runs, device, reps, warmup)
+    med, failed, first = time_contestants(runs, device, reps, warmup)
     match = close(first["attrib"], first["captum"]) if "attrib" in first and "captum" in first else "–"
     row = {"case": "matrix-smollm2", "dtype": str(dtype).removeprefix("torch."), "prompt tokens": str(n_in),
            "output tokens": str(n_out), "steps": str(steps), "attrib ms": cell(med, failed, "attrib"),

@@ -37,14 +37,10 @@ import transformers  # noqa: E402
 
 import attrib  # noqa: E402
 from attrib.methods.patching import activation_patching, attribution_patching  # noqa: E402
+from bench.harness import sync  # noqa: E402
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
