@@ -11,8 +11,9 @@
 The first trace of a model records the order of module start and end events with one global
 forward hook and one global pre-hook (they put every module call on torch's slower hooked path).
 Later traces reuse that order and hook only the modules asked for, so a module the model already
-ran past is still refused at once. A trace that pauses at events out of the recorded order (a model
-whose control flow changed its module order) marks the record stale, and the next trace records again.
+ran past is still refused. A trace that pauses at events out of the recorded order (a model whose
+control flow changed its module order) marks the record stale, and the next trace records again; the
+trace confirms a refusal that only the record supports by running on (see ``Trace.read``).
 """
 
 from __future__ import annotations

@@ -153,11 +153,20 @@ class Trace:
                 f"{path} was first read inside a backward context, after the forward pass is over; "
                 "read it in the trace before the `with ....backward():` block."
             )
+        ran_past = OutOfOrderError(
+            f"{path} was read after the model ran past it ({self._where()}); read module values "
+            "in the order the model computes them."
+        )
         if self._book.passed(module, kind):
-            raise OutOfOrderError(
-                f"{path} was read after the model ran past it ({self._where()}); read module values "
-                "in the order the model computes them."
-            )
+            if self._book.recording or self._co.finished:
+                raise ran_past
+            # Only the order recorded by an earlier trace says so; a model whose control flow changed its
+            # module order may still call it. Go on until it runs, or the forward ends (then it ran past).
+            self._wait_for(module, key)
+            if key not in self._values:
+                raise ran_past
+            self._book.stale = True
+            return self._pick(key, kind)
         if self._co.finished:
             raise OutOfOrderError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
         self._wait_for(module, key)
