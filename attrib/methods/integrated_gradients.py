@@ -15,7 +15,7 @@ gradients) and only the logits the target needs are computed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -314,7 +314,7 @@ def _values_at_generic(model: Model, envoy: Envoy, x_in: torch.Tensor) -> torch.
 def _call(model: Model, where: Envoy | None, x_in: torch.Tensor, value: torch.Tensor) -> Any:
     if where is None:
         return model.module(value)
-    with model.trace(x_in[: value.shape[0]] if x_in.shape[0] == value.shape[0] else x_in):
+    with model.trace(x_in):
         where.output = replace_first(where.output, value)
         out = model.output.save()
     return out

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import attrib
-from tests.conftest import tiny_hf
 
 
 def test_attribute_access_mirrors_the_tree(gpt2):

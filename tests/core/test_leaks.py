@@ -97,7 +97,7 @@ def test_error_in_a_backward_context_while_the_backward_is_paused(gpt2, leakchec
     check = leakcheck(hf)
     with pytest.raises(Boom):
         with model.trace(ids):
-            h = model.transformer.h[0].output
+            model.transformer.h[0].output        # upstream of the pause: the backward has work left
             logits = model.output.logits
             with logits.sum().backward():
                 logits.grad

@@ -7,7 +7,7 @@ import torch
 
 import attrib
 from tests.conftest import attn_name, envoy_at, layers_path
-from tests.core.reference import reference_grads, submodule
+from tests.core.reference import reference_grads
 
 
 def plain_outputs(hf, ids, paths, edits=None):
