@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import weakref
+from typing import Callable, Hashable
 
 import torch
 
@@ -17,18 +18,27 @@ from .common import is_oom
 
 __all__ = ["run_rows"]
 
+# The batch size that last fitted, per module and per kind of work: later calls start there instead of
+# finding it again by running out of memory.
+_fitted: "weakref.WeakKeyDictionary[torch.nn.Module, dict[Hashable, int]]" = weakref.WeakKeyDictionary()
+
 
 def run_rows(run: Callable[[torch.Tensor], torch.Tensor], total: int, group: Callable[[torch.Tensor], torch.Tensor],
-             n_groups: int, batch_size: int | None, like: torch.Tensor) -> torch.Tensor:
+             n_groups: int, batch_size: int | None, like: torch.Tensor,
+             remember: tuple[torch.nn.Module, Hashable] | None = None) -> torch.Tensor:
     """Σ over rows of ``run(rows)``, accumulated into ``n_groups`` by ``group(rows)``.
 
     ``batch_size=None`` starts with every row in one pass; an out-of-memory error halves the batch and
-    retries the same rows (the sum is then what that batch size gives). A progress bar (tqdm) appears
+    retries the same rows (the sum is then what that batch size gives); with ``remember=(module, key)`` the
+    size that fitted is kept and the next call with that key starts from it. A progress bar (tqdm) appears
     when the run takes longer than two seconds.
     """
     from tqdm.auto import tqdm
 
     size = total if batch_size is None else max(1, int(batch_size))
+    memo = None if remember is None or batch_size is not None else _fitted.setdefault(remember[0], {})
+    if memo is not None and remember[1] in memo:
+        size = min(size, memo[remember[1]])
     device = like.device
     summed: torch.Tensor | None = None
     start = 0
@@ -42,6 +52,8 @@ def run_rows(run: Callable[[torch.Tensor], torch.Tensor], total: int, group: Cal
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     size = max(1, size // 2)
+                    if memo is not None:
+                        memo[remember[1]] = size
                     continue
                 raise
             if summed is None:

@@ -198,3 +198,21 @@ def gradient_at(model: Model, envoy: Envoy, value: torch.Tensor, score_fn: Calla
         with scores.sum().backward():
             grad = leaf.grad.save()
     return scores.detach(), grad
+
+
+def jacobian_at(model: Model, envoy: Envoy, value: torch.Tensor, score_fn: Callable[[Any], torch.Tensor],
+                kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One traced forward with ``envoy``'s output replaced by ``value`` and ``score_fn -> (R, n)`` scores;
+    then every column's gradient in one batched vector-Jacobian product: (scores (R, n), grads (R, n, ...)).
+
+    The forward runs once for all ``n`` scores (not once per score); the backward is vmapped over the ``n``
+    unit vectors (``is_grads_batched``), and only ``value``'s gradient is computed, never the parameters'.
+    """
+    leaf = value.detach().requires_grad_(True)
+    with torch.enable_grad(), model.trace(**kwargs):
+        envoy.output = replace_first(envoy.output, leaf)
+        scores = score_fn(model.output).save()
+    n = scores.shape[1]
+    units = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).expand(n, *scores.shape)
+    (grads,) = torch.autograd.grad(scores, leaf, units, is_grads_batched=True)
+    return scores.detach(), grads.movedim(0, 1)

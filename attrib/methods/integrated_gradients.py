@@ -23,8 +23,8 @@ from ..core.envoy import Envoy
 from ..core.errors import AttribError
 from ..core.model import LanguageModel, Model
 from .batching import run_rows
-from .common import (MethodError, Prepared, embedding_envoy, envoy_for, first_tensor, gradient_at, lm_kwargs,
-                     prepare, replace_first, token_strings)
+from .common import (MethodError, Prepared, embedding_envoy, envoy_for, first_tensor, gradient_at, jacobian_at,
+                     lm_kwargs, prepare, replace_first, token_strings)
 from .quadrature import quadrature
 from .result import Attribution
 
@@ -142,31 +142,35 @@ def _lm(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: st
     n_nodes = len(nodes)
     ends = torch.zeros(P, n_out, 2, dtype=torch.float64, device=x.device)
 
-    def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return rows // (n_nodes * n_out), (rows // n_out) % n_nodes, rows % n_out
+    acc = _accumulation_dtype(x)
+    per_row = n_out if per_token else 1          # with per_token, every row scores all target tokens at once
 
     def run(rows: torch.Tensor) -> torch.Tensor:
-        prompt, step, token = split(rows)
+        prompt, step = rows // n_nodes, rows % n_nodes
         alpha = torch.tensor(nodes, dtype=x.dtype, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
         value = b[prompt] + alpha * (x[prompt] - b[prompt])
         row_kwargs = lm_kwargs(model, prep.input_ids[prompt], prep.attention_mask[prompt], prep.keep)
 
         def score_fn(output: Any) -> torch.Tensor:
-            return _row_scores(tgt, output.logits, ids[prompt], None if contrast_ids is None else contrast_ids[prompt],
-                               token if per_token else None)
+            per = _row_scores(tgt, output.logits, ids[prompt], None if contrast_ids is None else contrast_ids[prompt])
+            return per if per_token else per.sum(-1, keepdim=True)
 
-        scores, grad = gradient_at(model, where, value, score_fn, (), row_kwargs)
+        if per_row == 1:
+            scores, grad = gradient_at(model, where, value, lambda out: score_fn(out)[:, 0], (), row_kwargs)
+            scores, grad = scores.unsqueeze(1), grad.unsqueeze(1)
+        else:
+            scores, grad = jacobian_at(model, where, value, score_fn, row_kwargs)     # (R, n), (R, n, T, d)
         end = step >= len(alphas)
-        ends[prompt[end], token[end], step[end] - len(alphas)] = scores[end].double()
-        w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view_as(alpha)
+        ends[prompt[end], :, step[end] - len(alphas)] = scores[end].double()
+        grad = grad.to(acc)
+        w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
         return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
-    total = P * n_nodes * n_out
-    group = lambda rows: split(rows)[0] * n_out + split(rows)[2]  # noqa: E731
-    summed = run_rows(run, total, group, P * n_out, batch_size, like=x)      # (P * n_out, T, d)
+    key = ("ig", where.path, tuple(x.shape[1:]), per_row, x.dtype)
+    summed = run_rows(run, P * n_nodes, lambda rows: rows // n_nodes, P, batch_size, like=x,
+                      remember=(model.module, key))   # (P, n_out, T, d)
     f_x, f_b = ends[..., 0], ends[..., 1]                                   # (P, n_out)
-    summed = summed.view(P, n_out, *x.shape[1:])
-    attr = (x - b).unsqueeze(1) * summed                                    # (P, n_out, T, d)
+    attr = (x.to(acc) - b.to(acc)).unsqueeze(1) * summed                                   # (P, n_out, T, d)
     _check_finite(attr, method, baseline)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (P, n_out)
     results = []
@@ -189,11 +193,10 @@ def _lm(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: st
     return results[0] if single else results
 
 
-def _row_scores(tgt: Any, logits: torch.Tensor, ids: torch.Tensor, contrast_ids: torch.Tensor | None,
-                token: torch.Tensor | None) -> torch.Tensor:
-    """Each row's score: its own target ids; one token of them when ``token`` is given."""
+def _row_scores(tgt: Any, logits: torch.Tensor, ids: torch.Tensor, contrast_ids: torch.Tensor | None) -> torch.Tensor:
+    """Each row's score for each of its own target tokens: (rows, target tokens); (rows, 1) for a metric."""
     if tgt.metric is not None:
-        return tgt.scores(logits)
+        return tgt.scores(logits).view(-1, 1)
     n = ids.shape[1]
     last = logits[:, -n:].float() if tgt.score != "logit" else logits[:, -n:]
     if tgt.score == "logprob":
@@ -203,9 +206,12 @@ def _row_scores(tgt: Any, logits: torch.Tensor, ids: torch.Tensor, contrast_ids:
     per = last.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     if contrast_ids is not None:
         per = per - last.gather(-1, contrast_ids.unsqueeze(-1)).squeeze(-1)
-    if token is None:
-        return per.sum(-1)
-    return per.gather(1, token.view(-1, 1)).squeeze(1)
+    return per
+
+
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """Steps are weighted and summed in at least float32: a 16-bit running sum loses the small terms."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _check_finite(attr: torch.Tensor, method: str, baseline: Any) -> None:
@@ -263,7 +269,7 @@ def _generic(model: Model, inputs: Any, target: Any, baseline: Any, alphas: list
     with torch.no_grad():
         f_x = score_fn(_call(model, where, x_in, x)).detach()
         f_b = score_fn(_call(model, where, x_in, b)).detach()
-    B = x.shape[0]
+    B, acc = x.shape[0], _accumulation_dtype(x)
     shape = (-1, *[1] * (x.dim() - 1))
 
     def run(rows: torch.Tensor) -> torch.Tensor:
@@ -275,10 +281,13 @@ def _generic(model: Model, inputs: Any, target: Any, baseline: Any, alphas: list
             grad = _input_gradient(model, value, row_score)
         else:
             _, grad = gradient_at(model, where, value, row_score, (x_in[item],), {})
+        grad = grad.to(acc)
         return grad * torch.tensor(weights, dtype=grad.dtype, device=grad.device)[step].view(shape)
 
-    summed = run_rows(run, B * len(alphas), lambda rows: rows // len(alphas), B, batch_size, like=x)
-    attr = (x - b) * summed
+    key = ("ig", None if where is None else where.path, tuple(x.shape[1:]), x.dtype)
+    summed = run_rows(run, B * len(alphas), lambda rows: rows // len(alphas), B, batch_size, like=x,
+                      remember=(model.module, key))
+    attr = (x.to(acc) - b.to(acc)) * summed
     _check_finite(attr, method, baseline)
     delta = attr.flatten(1).sum(-1) - (f_x - f_b)
     return Attribution(tokens=[str(i) for i in range(x.shape[-1])], scores=attr, values=attr, delta=delta,

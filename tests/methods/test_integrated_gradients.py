@@ -119,6 +119,12 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(monkeypatch):
     got = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
     assert sizes[:3] == [10, 5, 2] and set(sizes[3:]) == {2}   # 8 steps + the two end points
     assert torch.equal(got.values, expected.values)
+    sizes.clear()                    # the next call starts at the size that fitted: no out-of-memory again
+    again = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
+    assert set(sizes) == {2} and torch.equal(again.values, expected.values)
+    sizes.clear()                    # another kind of work (a layer) is not limited by that memory
+    attrib.integrated_gradients(model, IDS, target=7, n_steps=8, layer="model.layers.0")
+    assert sizes[0] == 10
 
 
 def test_per_token_matrix_equals_the_loop_of_single_targets():
@@ -224,3 +230,13 @@ def test_completeness_on_the_demo_model_at_default_steps(demo, baseline):
     assert abs(change) > 0.5
     assert abs(float(a.delta)) <= 0.01 * abs(change)
     assert abs(float(a.values.sum()) - change) <= 0.01 * abs(change)
+
+
+def test_sixteen_bit_models_sum_their_steps_in_float32():
+    ref = attrib.integrated_gradients(lm("llama"), IDS, target=[7, 12], n_steps=50, per_token=True)
+    half = attrib.LanguageModel(tiny_hf("llama", dtype=torch.bfloat16), None)
+    got = attrib.integrated_gradients(half, IDS, target=[7, 12], n_steps=50, per_token=True)
+    assert got.values.dtype == torch.float32
+    # each bf16 gradient is rounded once (2^-8 relative), not the running sum of 50 steps
+    err = (got.values.double() - ref.values).abs().max() / ref.values.abs().max()
+    assert err < 3e-2, float(err)
