@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -44,6 +44,11 @@ from ..core.model import LanguageModel, Model
 from .common import MethodError, _accepts, is_oom, lm_kwargs, prepare, token_strings
 from .components import COMPONENTS, Sites, normalize_components, normalize_positions, patch_rows, resolve_layout
 from .targets import SCORES, Target, resolve_target
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..viz.options import HeatmapOptions
 
 __all__ = ["PatchingResult", "attribution_patching", "activation_patching", "DIRECTIONS"]
 
@@ -101,41 +106,37 @@ class PatchingResult:
         return (f"{self.method} ({self.direction}) for {self.target!r}: metric clean {self.metric_clean:.3f}, "
                 f"corrupted {self.metric_corrupted:.3f}; top: {top}")
 
-    def plot(self, component: str = "resid", *, position: int | None = None):
-        """A matplotlib Figure: layer × position for resid/attn/mlp; layer × head for heads, summed over
-        positions or at prompt position ``position`` (negative counts from the end)."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from ..viz.heatmap import layer_position_figure
+    def plot(self, component: str = "resid", *, position: int | None = None,
+             options: HeatmapOptions | None = None, **overrides: Any) -> Figure:
+        """A matplotlib Figure, diverging and symmetric around zero: layer × position for resid/attn/mlp;
+        layer × head for heads, summed over positions or at prompt position ``position`` (negative counts
+        from the end). ``options``: an ``attrib.viz.HeatmapOptions``; ``overrides``: its fields."""
+        from ..viz.heatmap import layer_head_figure, layer_position_figure
+        from ..viz.options import resolve, with_defaults
+        from ..viz.results import patching_title
 
         if component not in self.scores:
             raise MethodError(f"no scores for {component!r}; this result has {', '.join(self.scores)}.")
-        values = self.scores[component].detach().cpu().float()
-        title = f"{self.method} ({self.direction}): {component} → {self.target!r}"
+        values = self.scores[component].detach().cpu().double().numpy()
+        opts = with_defaults(resolve(options, **overrides), units="Δ metric")
+        title = patching_title(self, component)
         if component != "heads":
-            fig = layer_position_figure(values.numpy(), [self.tokens[p] for p in self.positions], title=title,
-                                        cmap="RdBu_r", colorbar_label="Δ metric")
+            return layer_position_figure(values, self.tokens, with_defaults(opts, title=title),
+                                         positions=self.positions)
+        if position is None:
+            values, where = values.sum(-1), "summed over positions"
         else:
-            if position is None:
-                values, where = values.sum(-1), "summed over positions"
-            else:
-                p = position % len(self.tokens)
-                if p not in self.positions:
-                    raise MethodError(f"position {position} was not patched; patched positions: {self.positions}.")
-                values, where = values[:, :, self.positions.index(p)], f"at position {p} ({self.tokens[p]!r})"
-            fig, ax = plt.subplots(figsize=(1.5 + 0.45 * values.shape[1], 1.5 + 0.2 * values.shape[0]),
-                                   layout="constrained")
-            ax.imshow(values.numpy(), aspect="auto", cmap="RdBu_r", origin="lower", interpolation="nearest")
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_title(f"{title}\n{where}")
-            fig.colorbar(ax.images[0], ax=ax, label="Δ metric")
-        bound = float(values.abs().max()) or 1.0
-        fig.axes[0].images[0].set_clim(-bound, bound)
-        return fig
+            p = position % len(self.tokens)
+            if p not in self.positions:
+                raise MethodError(f"position {position} was not patched; patched positions: {self.positions}.")
+            values, where = values[:, :, self.positions.index(p)], f"at position {p} ({self.tokens[p]!r})"
+        return layer_head_figure(values, with_defaults(opts, title=f"{title}\n{where}"))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: a summary line, the top entries and a layer × position table (escaped)."""
+        from ..viz.results import patching_html
+
+        return patching_html(self)
 
 
 # -- inputs and the metric -----------------------------------------------------------------------

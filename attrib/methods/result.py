@@ -12,11 +12,15 @@ integrated_gradients for ' sat' (delta 0.01): 'The' +0.500  ' cat' -1.000
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..viz.options import HeatmapOptions
 
 __all__ = ["Attribution"]
 
@@ -69,34 +73,25 @@ class Attribution:
         return "\n".join(rows)
 
     def _repr_html_(self) -> str:
-        from ..viz.tokens import token_html
+        """Jupyter's rendering: one token heatmap row, or for a matrix a table with one row per output
+        token on a shared scale; all text HTML-escaped."""
+        from ..viz.results import attribution_html
 
-        if self.scores.dim() == 1:
-            return token_html(self.tokens, self.scores.detach().cpu().float().numpy(),
-                              title=f"{self.method} → {html.escape(repr(self.target))}")
-        return "<br>".join(
-            token_html(self.tokens, row.detach().cpu().float().numpy(), title=f"→ {html.escape(repr(name))}")
-            for name, row in zip(self.output_tokens or [], self.scores))
+        return attribution_html(self)
 
-    def show(self) -> None:
-        """An HTML heatmap in Jupyter, a line of text in a terminal."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import HTML, display
+    def show(self, options: HeatmapOptions | None = None, **overrides: Any) -> None:
+        """An HTML heatmap in a notebook kernel (``options``: an ``attrib.viz.HeatmapOptions`` and/or its
+        fields as keywords), a line of text in a terminal."""
+        from ..viz.backend import display_html
+        from ..viz.results import attribution_html
 
-            if get_ipython() is not None and getattr(get_ipython(), "kernel", None) is not None:
-                display(HTML(self._repr_html_()))
-                return
-        except ImportError:
-            pass
-        print(self)
+        if not display_html(attribution_html(self, options, **overrides)):
+            print(self)
 
-    def plot(self, **options: Any):
-        """A matplotlib Figure: a token heatmap (or an outputs × inputs matrix)."""
-        from ..viz.tokens import token_figure, matrix_figure
+    def plot(self, options: HeatmapOptions | None = None, **overrides: Any) -> Figure:
+        """A matplotlib Figure: a token heatmap wrapped into rows of ``wrap`` tokens (or an outputs × inputs
+        matrix), diverging around zero, with a colour bar. ``options``: an ``attrib.viz.HeatmapOptions``;
+        ``overrides``: its fields, e.g. ``plot(scale=1.0, wrap=20, cmap="PuOr_r")``."""
+        from ..viz.results import attribution_figure
 
-        scores = self.scores.detach().cpu().float().numpy()
-        if scores.ndim == 1:
-            return token_figure(self.tokens, scores, title=f"{self.method} → {self.target!r}", **options)
-        return matrix_figure(scores, self.output_tokens or [], self.tokens,
-                             title=f"{self.method} → {self.target!r}", **options)
+        return attribution_figure(self, options, **overrides)

@@ -1,85 +1,73 @@
-"""Token heatmaps: HTML for notebooks, matplotlib figures for files. Colours diverge around zero.
+"""Token heatmaps as matplotlib figures: one score per token (wrapped into rows) or an outputs × inputs matrix.
 
 >>> import numpy as np
->>> from attrib.viz.tokens import token_html, colour
->>> "&lt;script&gt;" in token_html(["<script>", " ok"], np.array([1.0, -0.5]))
-True
->>> colour(0.0, 1.0)
-'rgb(255,255,255)'
+>>> from attrib.viz.tokens import token_figure, matrix_figure
+>>> fig = token_figure(["The", " cat", "\\n"], np.array([0.5, -1.0, 0.1]), title="demo")
+>>> [t.get_text() for t in fig.axes[0].get_xticklabels()], fig.axes[0].get_title()
+(['The', '␣cat', '⏎'], 'demo')
+>>> fig.savefig(__import__("io").BytesIO(), format="svg")
+
+The HTML versions are :func:`attrib.viz.markup.token_html` and :func:`~attrib.viz.markup.matrix_html`
+(re-exported here); both paths take their colours from :mod:`attrib.viz.colours`.
 """
 
 from __future__ import annotations
 
-import html
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .heatmap import token_label
+from .draw import colour_bar, grid_figure, new_figure, paint, settle, tick_style
+from .labels import chunks, mpl_text, token_label
+from .markup import matrix_html, token_html
+from .options import HeatmapOptions, resolve
 
-__all__ = ["colour", "token_html", "token_figure", "matrix_figure"]
-
-
-def colour(value: float, scale: float) -> str:
-    """White at zero, red for positive, blue for negative, saturated at ``|value| = scale``."""
-    x = 0.0 if scale == 0 else max(-1.0, min(1.0, value / scale))
-    fade = int(round(255 * (1 - abs(x))))
-    return f"rgb(255,{fade},{fade})" if x >= 0 else f"rgb({fade},{fade},255)"
+__all__ = ["token_figure", "matrix_figure", "token_html", "matrix_html"]
 
 
-def token_html(tokens: Sequence[str], scores: np.ndarray, title: str = "") -> str:
-    """Tokens as coloured spans (text escaped), with a small legend."""
-    scale = float(np.abs(scores).max()) if len(scores) else 0.0
-    spans = "".join(
-        f'<span title="{float(s):+.4f}" style="background:{colour(float(s), scale)};padding:1px 2px;'
-        f'border-radius:3px;white-space:pre">{html.escape(token_label(t))}</span>'
-        for t, s in zip(tokens, scores))
-    legend = (f'<span style="font-size:80%;color:#555"> scale ±{scale:.3g} '
-              f'(<span style="background:{colour(-1, 1)}">−</span>'
-              f'<span style="background:{colour(1, 1)}">+</span>)</span>')
-    head = f"<div style='font-size:85%;color:#333'>{title}</div>" if title else ""
-    return f"<div>{head}<div style='line-height:1.9'>{spans}</div>{legend}</div>"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def token_figure(tokens: Sequence[str], scores: np.ndarray, title: str = "", cmap: str = "RdBu_r"):
-    """One row of coloured cells, one per token, colour scale symmetric around zero."""
-    plt = _pyplot()
-    scale = float(np.abs(scores).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(tokens) + 1.5), 2.0), layout="constrained")
-    image = ax.imshow(np.asarray(scores, dtype=float)[None, :], cmap=cmap, vmin=-scale, vmax=scale, aspect="auto")
-    ax.set_xticks(range(len(tokens)), [token_label(t) for t in tokens], rotation=45, ha="right")
-    ax.set_yticks([])
-    for i, s in enumerate(scores):
-        ax.text(i, 0, f"{float(s):.2f}", ha="center", va="center", fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.05)
+def token_figure(tokens: Sequence[str], scores: np.ndarray, options: HeatmapOptions | None = None,
+                 **overrides: Any) -> Any:
+    """One row of coloured cells per ``options.wrap`` tokens (a 100-token prompt at ``wrap=16`` is 7 rows of
+    axes, each labelled with its tokens and its first position), values printed in the cells, one colour bar.
+    Returns the matplotlib Figure."""
+    options = resolve(options, **overrides)
+    scores = np.asarray(scores, dtype=float).reshape(-1)
+    if len(tokens) != len(scores):
+        raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores.")
+    if len(tokens) == 0:
+        raise ValueError("no tokens to plot.")
+    options = settle(scores, options)
+    labels = [token_label(t) for t in tokens]
+    rows = chunks(len(tokens), options.wrap)
+    width = len(rows[0])
+    style = tick_style(labels[:width]) | {"fontsize": 9}
+    longest = max(len(t) for t in labels)
+    row_height = 0.55 + (0.3 if style["rotation"] == 0 else min(1.4, 0.15 + 0.05 * longest))
+    fig, axes = new_figure((1.6 + 0.62 * width, 0.5 + row_height * len(rows)), options, nrows=len(rows))
+    for ax, span in zip(axes, rows):
+        paint(ax, scores[None, span.start:span.stop], options)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_xticks(range(len(span)), [mpl_text(labels[i]) for i in span], **style)
+        ax.set_yticks([])
+        if len(rows) > 1:
+            ax.set_ylabel(str(span.start), rotation=0, ha="right", va="center", fontsize=8, color="#666")
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    if options.title:
+        axes[0].set_title(mpl_text(options.title))
+    colour_bar(fig, axes, options)
     return fig
 
 
-def matrix_figure(scores: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str = "",
-                  cmap: str = "RdBu_r"):
-    """Outputs × inputs matrix, colour scale symmetric around zero."""
-    plt = _pyplot()
-    scores = np.asarray(scores, dtype=float)
-    scale = float(np.abs(scores).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(cols) + 2), max(3.0, 0.4 * len(rows) + 1.5)),
-                           layout="constrained")
-    image = ax.imshow(scores, cmap=cmap, vmin=-scale, vmax=scale, aspect="auto")
-    ax.set_xticks(range(len(cols)), [token_label(t) for t in cols], rotation=45, ha="right")
-    ax.set_yticks(range(len(rows)), [token_label(t) for t in rows])
-    ax.set_xlabel("input token")
-    ax.set_ylabel("output token")
-    if title:
-        ax.set_title(title)
-    fig.colorbar(image, ax=ax)
-    return fig
+def matrix_figure(scores: np.ndarray, rows: Sequence[str], cols: Sequence[str], options: HeatmapOptions | None = None,
+                  **overrides: Any) -> Any:
+    """An outputs × inputs matrix (one row per output token, one column per input token) on one shared scale,
+    symmetric around zero. Returns the matplotlib Figure.
+
+    >>> fig = matrix_figure(np.ones((2, 3)), ["a", "b"], ["x", "y", "z"])
+    >>> fig.axes[0].images[0].get_array().shape
+    (2, 3, 4)
+    """
+    options = resolve(options, **overrides)
+    return grid_figure(scores, [token_label(t) for t in cols], [token_label(t) for t in rows], options,
+                       xlabel="input token", ylabel="output token")

@@ -1,0 +1,106 @@
+"""Options shared by every heatmap (HTML and matplotlib): one small frozen dataclass instead of long argument lists.
+
+>>> from attrib.viz.options import HeatmapOptions, resolve
+>>> opts = resolve(HeatmapOptions(scale=2.0), decimals=3)
+>>> opts.scale, opts.decimals, opts.cmap
+(2.0, 3, 'diverging')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["HeatmapOptions", "resolve", "with_defaults", "shows_values", "BUILTIN_CMAP", "MAX_VALUES"]
+
+BUILTIN_CMAP = "diverging"
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """How a heatmap looks; every renderer (token rows, matrices, layer grids, HTML and figures) reads these.
+
+    >>> HeatmapOptions(wrap=20).wrap
+    20
+
+    - ``cmap``: ``"diverging"`` (white at zero, red for positive, blue for negative, the two sides exact
+      mirror images) or the name of a matplotlib colour map, whose middle colour then sits at zero.
+    - ``scale``: the |value| at which colours saturate; ``None``: the largest finite |value| shown. The colour
+      range is always ``[-scale, +scale]``, symmetric around zero.
+    - ``decimals``: digits after the point of printed values. ``show_values``: print each value in its
+      cell (``None``: only when at most 400 values are shown).
+    - ``wrap``: tokens per row of a matplotlib token heatmap (HTML wraps by itself).
+    - ``figsize``: (width, height) in inches; ``None``: sized from the data.
+    - ``title`` and ``units`` (the legend's label): ``None`` lets the caller choose; ``""`` shows none.
+    """
+
+    cmap: str = BUILTIN_CMAP
+    scale: float | None = None
+    decimals: int = 2
+    wrap: int = 16
+    show_values: bool | None = None
+    figsize: tuple[float, float] | None = None
+    title: str | None = None
+    units: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cmap, str):
+            raise TypeError(f"cmap must be a colour map name, got {type(self.cmap).__name__}.")
+        if self.cmap != BUILTIN_CMAP:
+            import matplotlib
+
+            if self.cmap not in matplotlib.colormaps:
+                raise ValueError(f"cmap={self.cmap!r} is neither {BUILTIN_CMAP!r} nor a matplotlib colour map "
+                                 "(e.g. 'RdBu_r', 'PuOr_r', 'coolwarm').")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
+                                           and self.scale > 0):
+            raise ValueError(f"scale must be a positive finite number or None, got {self.scale!r}.")
+        if not isinstance(self.decimals, int) or not 0 <= self.decimals <= 12:
+            raise ValueError(f"decimals must be an int from 0 to 12, got {self.decimals!r}.")
+        if not isinstance(self.wrap, int) or self.wrap < 1:
+            raise ValueError(f"wrap must be a positive int (tokens per row), got {self.wrap!r}.")
+        if self.figsize is not None and (len(self.figsize) != 2 or min(self.figsize) <= 0):
+            raise ValueError(f"figsize must be (width, height) in inches, got {self.figsize!r}.")
+
+
+_FIELDS = tuple(f.name for f in fields(HeatmapOptions))
+
+
+def resolve(options: HeatmapOptions | None = None, /, **overrides: Any) -> HeatmapOptions:
+    """``options`` (default: ``HeatmapOptions()``) with ``overrides`` applied; unknown names raise TypeError.
+
+    >>> resolve(cmap="PuOr_r").cmap
+    'PuOr_r'
+    """
+    if options is not None and not isinstance(options, HeatmapOptions):
+        raise TypeError(f"options must be a HeatmapOptions, got {type(options).__name__}.")
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown heatmap option(s) {', '.join(unknown)}; the options are {', '.join(_FIELDS)}.")
+    base = options if options is not None else HeatmapOptions()
+    return replace(base, **overrides) if overrides else base
+
+
+def with_defaults(options: HeatmapOptions, **defaults: Any) -> HeatmapOptions:
+    """Fill the fields of ``options`` that are ``None`` from ``defaults`` (e.g. a result's own title).
+
+    >>> with_defaults(HeatmapOptions(title=""), title="ig", units="Δ").units
+    'Δ'
+    """
+    missing = {k: v for k, v in defaults.items() if getattr(options, k) is None}
+    return replace(options, **missing) if missing else options
+
+
+MAX_VALUES = 400
+
+
+def shows_values(options: HeatmapOptions, n_values: int) -> bool:
+    """Whether to print the values: ``options.show_values``, or when ``None``, at most 400 of them.
+
+    >>> shows_values(HeatmapOptions(), 400), shows_values(HeatmapOptions(), 401)
+    (True, False)
+    >>> shows_values(HeatmapOptions(show_values=True), 1000)
+    True
+    """
+    return options.show_values if options.show_values is not None else n_values <= MAX_VALUES
