@@ -108,6 +108,9 @@ def _grad_get(self: torch.Tensor) -> Any:
     ctx = local.backward
     if ctx is not None and ctx.intercepts(self):
         return ctx.read(self)
+    trace = current_trace()
+    if ctx is None and trace is not None and self.grad_fn is not None and not self.retains_grad:
+        return trace.deferred_grad(self)       # the pre-0.5 NNsight form: .grad first, .backward() later
     return original_grad.__get__(self)
 
 

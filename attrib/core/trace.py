@@ -22,7 +22,8 @@ import torch
 
 from .errors import InputError, OutOfOrderError
 from .order import OrderBook
-from .patch import install_trace_patches, local, remove_trace_patches
+from .patch import (NoGradError, install_grad_patch, install_trace_patches, local, remove_grad_patch,
+                    remove_trace_patches)
 from .switch import Coroutine
 from .values import tensors_in
 
@@ -56,6 +57,7 @@ class Trace:
         self._wanted: set[torch.nn.Module] = set()
         self.backward: "BackwardContext | None" = None
         self._active = False
+        self._deferred: dict[int, tuple[torch.Tensor, Any, list[bool], torch.Tensor]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "Trace":
@@ -67,6 +69,7 @@ class Trace:
         self.model._trace = self
         local.traces.append(self)
         install_trace_patches()
+        install_grad_patch()
         self._active = True
         try:
             self._book.start()
@@ -84,6 +87,7 @@ class Trace:
                 while not self._co.finished:
                     self._co.resume()
                 self._learn_order()
+                self._check_deferred()
         finally:
             self._cleanup()
         return False
@@ -105,7 +109,11 @@ class Trace:
             self._request_hooks.clear()
             self._unwrap_all()
             self._book.stop()
+            for _, handle, _, _ in self._deferred.values():
+                handle.remove()
+            self._deferred.clear()
             if self._active:
+                remove_grad_patch()
                 remove_trace_patches()
                 self._active = False
             if local.traces and local.traces[-1] is self:
@@ -113,6 +121,32 @@ class Trace:
             self.model._trace = None
             self._co = None
             self._touched.clear()
+
+    # -- the pre-0.5 NNsight form: read .grad first, call .backward() later in the trace ---------
+    def deferred_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor that receives ``tensor``'s gradient from a plain ``.backward()`` later in this trace
+        (summed over such calls, as ``retain_grad`` would); the same one on every read."""
+        entry = self._deferred.get(id(tensor))
+        if entry is None:
+            holder = torch.zeros_like(tensor, requires_grad=False)
+            filled = [False]
+
+            def fill(grad: torch.Tensor) -> None:
+                holder.add_(grad.detach())
+                filled[0] = True
+
+            # the tensor itself is kept in the entry so that its id stays its own while the trace runs
+            entry = (holder, tensor.register_hook(fill), filled, tensor)
+            self._deferred[id(tensor)] = entry
+        return entry[0]
+
+    def _check_deferred(self) -> None:
+        if any(not filled[0] for _, _, filled, _ in self._deferred.values()):
+            raise NoGradError(
+                "a value's .grad was read outside a `with loss.backward():` block and no backward reached it "
+                "in this trace; call loss.backward() later in the same trace on a loss that depends on that "
+                "value, or read .grad inside `with loss.backward():`."
+            )
 
     def _forward(self) -> Any:
         return self.model.module(*self.args, **self.kwargs)

@@ -172,3 +172,41 @@ def test_seed_example_under_python_dash_c(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True True"
+
+
+# The page's "syntax prior to v0.5" note: .grad read first, a plain .backward() called later in the trace.
+PRE_05 = """
+with model.trace("Hello World") as tracer:
+    hidden_states = LAYER.output.save()
+    hidden_states_grad = LAYER.output.grad.save()
+    model.output.logits.sum().backward()
+print(hidden_states)
+print(hidden_states_grad)
+"""
+
+
+def test_pre_05_syntax_reads_the_gradient_of_a_later_backward(setup, leakcheck):
+    model, layer, prompt, layer_module, kwargs = setup
+    check = leakcheck(model.module)
+    code = PRE_05 if isinstance(prompt, str) else PRE_05.replace('"Hello World"', "prompt")
+    ns, printed = run(code, model, layer, prompt)
+    if not isinstance(prompt, str):
+        expected = reference_hidden_grad(model.module, layer_module, kwargs)
+    else:
+        expected = reference_hidden_grad(model.module, layer_module, model.tokenize("Hello World"))
+    torch.testing.assert_close(printed[1], expected, rtol=1e-6, atol=1e-6)
+    assert printed[1].abs().sum() > 0
+    check.assert_clean()
+
+
+def test_pre_05_syntax_without_a_backward_is_an_error(setup, leakcheck):
+    model, layer, prompt, _, _ = setup
+    check = leakcheck(model.module)
+    code = """
+with model.trace(prompt):
+    g = LAYER.output.grad.save()
+"""
+    with pytest.raises(attrib.AttribError, match=r"no backward reached it"):
+        run(code, model, layer, prompt)
+    check.assert_clean()
+    ns, _ = run(ACCESS, model, layer, prompt)             # reusable afterwards
