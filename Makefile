@@ -7,7 +7,7 @@ STAMP := $(VENV)/.attrib-installed
 # the package itself only asks for a range (see setup.cfg).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench notebooks clean
+.PHONY: install demo test test-fast bench notebooks images clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ test-fast: install
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/core_overhead.py
+
+# Runs notebooks/NN_*.ipynb in place (offline, CPU) and keeps their outputs and figures.
+notebooks: install
+	$(PY) notebooks/run.py
+
+# The README's images, written by the demo itself.
+images: install
+	$(PY) -m attrib.demo --out docs/images --dpi 100
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

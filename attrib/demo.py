@@ -5,7 +5,8 @@ the target (" Paris" for "The capital of France is") to the prompt's tokens with
 prints the top tokens and the completeness delta, and writes the token heatmap as a PNG. Then it runs the
 seed page's gradient example: every decoder layer's output is read in a trace, ``with score.backward():``
 reads their gradients in reverse order, and the gradient norm per layer and position is printed and
-written as a second heatmap.
+written as a second heatmap. Last, attribution patching on an indirect-object-identification (IOI) pair
+prints the heads that matter most and writes their layer × head heatmap.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="The capital of France is")
     parser.add_argument("--target", default=" Paris")
     parser.add_argument("--out", default="demo_output")
+    parser.add_argument("--dpi", type=int, default=120)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
           f"delta {float(ig.delta):+.3f} ({abs(float(ig.delta)) / max(abs(change), 1e-12):.1%})")
     fig = ig.plot()
     path = out / "integrated_gradients.png"
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=args.dpi)
     print(f"wrote {path}\n")
     norms, tokens, top = residual_gradient_norms(model, args.prompt)
     print(f"prompt {args.prompt!r} -> top next token {top!r}")
@@ -74,9 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     fig = layer_position_figure(norms.numpy(), tokens, colorbar_label="‖∂ logit / ∂ residual‖",
                                 title=f"Residual-stream gradient norm of the logit of {top!r}")
     path = out / "residual_grad_norms.png"
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    fig.savefig(path, dpi=args.dpi)
+    print(f"wrote {path}\n")
+    ioi_heads(model, out, args.dpi)
     return 0
+
+
+IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+
+
+def ioi_heads(model: attrib.LanguageModel, out: Path, dpi: int) -> None:
+    """Attribution patching of every head's output on the IOI pair; prints the top heads, writes a heatmap."""
+    start = time.perf_counter()
+    result = attrib.attribution_patching(model, IOI_CLEAN, IOI_CORRUPTED, target=" Mary", contrast=" John",
+                                         components=("heads",))
+    print(f"attribution patching, IOI: logit(' Mary') - logit(' John') is {result.metric_clean:+.2f} on "
+          f"{IOI_CLEAN!r}\nand {result.metric_corrupted:+.2f} with ' Mary' as the repeated name "
+          f"({time.perf_counter() - start:.2f} s); the heads whose clean output changes it most when patched in:")
+    for _, (layer, head, position), value in result.top(5):
+        print(f"  layer {layer:>2} head {head} at {result.tokens[position]!r:>8} (position {position:>2}) {value:+.3f}")
+    fig = result.plot("heads", position=-1)
+    path = out / "attribution_patching_heads.png"
+    fig.savefig(path, dpi=dpi)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

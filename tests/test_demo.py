@@ -21,6 +21,11 @@ def test_demo_writes_png_and_table(tmp_path, capsys, demo):
     assert "   29 " in printed                       # one row per layer: 30 layers
     png = tmp_path / "residual_grad_norms.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # IOI: the top head is L23H3, the one exact activation patching also ranks first (test_patching.py)
+    first = printed.split("changes it most when patched in:\n")[1].splitlines()[0]
+    assert first.split(" at ")[0].split() == ["layer", "23", "head", "3"], first
+    png = tmp_path / "attribution_patching_heads.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -238,7 +238,8 @@ def _target(model: Model, last: torch.Tensor | None, target: Any, contrast: Any,
         ids.append(None if value is None else tuple(value))
     if ids[1] is not None and len(ids[1]) != len(ids[0]):
         raise MethodError("contrast must have as many indices as target.")
-    return Target(ids=ids[0], contrast_ids=ids[1], score=score, text=str(list(ids[0])), metric=metric)
+    return Target(ids=ids[0], contrast_ids=ids[1], score=score, text=str(list(ids[0])), metric=metric,
+                  contrast_text=str(list(ids[1])) if ids[1] is not None else "")
 
 
 def _collect(setup: _Setup, sites: Sites, ids: torch.Tensor,

@@ -45,6 +45,7 @@ class Target:
     score: str
     text: str
     metric: Callable[[torch.Tensor], torch.Tensor] | None = None
+    contrast_text: str = "contrast"
 
     @property
     def n_tokens(self) -> int:
@@ -86,7 +87,7 @@ class Target:
 
     def describe(self) -> str:
         base = self.text if self.metric is None else "metric"
-        return base if self.contrast_ids is None else f"{base} − contrast"
+        return base if self.contrast_ids is None else f"{base!r} − {self.contrast_text!r}"
 
 
 def _tokens(tokenizer: Any, value: str | int | Sequence[int], vocab: int, what: str) -> tuple[int, ...]:
@@ -137,5 +138,8 @@ def resolve_target(model: Any, logits_last: torch.Tensor | None, target: Any = N
                 f"contrast={contrast!r} has {len(contrast_ids)} tokens but the target has {len(ids)}; "
                 "they are compared token by token, so give them the same length."
             )
-    text = tokenizer.decode(list(ids)) if tokenizer is not None else str(list(ids))
-    return Target(ids=ids, contrast_ids=contrast_ids, score=score, text=text, metric=metric)
+    def shown(token_ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(token_ids)) if tokenizer is not None else str(list(token_ids))
+
+    return Target(ids=ids, contrast_ids=contrast_ids, score=score, text=shown(ids), metric=metric,
+                  contrast_text="" if contrast_ids is None else shown(contrast_ids))

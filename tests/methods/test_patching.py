@@ -391,6 +391,7 @@ def test_ioi_heads_correlation_on_demo(demo, leakcheck):
     check.assert_clean()
     assert approx.scores["heads"].shape == exact.scores["heads"].shape == (30, 9, 1)
     assert exact.metric_clean > 0 > exact.metric_corrupted           # the model does IOI
+    assert exact.target == approx.target == "' Mary' − ' John'"
     x, y = approx.scores["heads"].flatten(), exact.scores["heads"].flatten()
     r = torch.corrcoef(torch.stack([x, y]))[0, 1].item()
     print(f"\nIOI heads at the final position: Pearson(attribution, activation) = {r:.4f}")
