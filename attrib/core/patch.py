@@ -1,7 +1,8 @@
 """The torch attributes attrib patches, only while a trace or a backward context is active.
 
-``torch.Tensor.backward`` and ``torch.Tensor.save`` are patched for the life of a trace;
-``torch.Tensor.grad`` for the life of a backward context. Patches are reference counted
+``torch.Tensor.backward``, ``torch.Tensor.save`` and ``torch.Tensor.grad`` are patched for the life of a
+trace (``.grad`` means "this backward pass" inside a backward context, and a promise for the pre-0.5 form
+before any backward; torch's meaning everywhere else). Patches are reference counted
 (traces of several models may nest) and always restored in ``finally`` blocks.
 """
 
@@ -85,6 +86,8 @@ def plain_backward(tensor: torch.Tensor, gradient=None, retain_graph=None, creat
 
 def _backward(self: torch.Tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
     trace = current_trace()
+    if trace is not None:
+        trace.deferred.backward_ran = True     # from here on, .grad keeps torch's meaning outside contexts
     if trace is not None and called_in_with(sys._getframe(1)):
         from .backward import BackwardContext
 
@@ -108,9 +111,10 @@ def _grad_get(self: torch.Tensor) -> Any:
     ctx = local.backward
     if ctx is not None and ctx.intercepts(self):
         return ctx.read(self)
-    trace = current_trace()
-    if ctx is None and trace is not None and self.grad_fn is not None and not self.retains_grad:
-        return trace.deferred_grad(self)       # the pre-0.5 NNsight form: .grad first, .backward() later
+    if ctx is None and self.grad_fn is not None and not self.retains_grad:
+        for trace in reversed(local.traces):      # the pre-0.5 NNsight form: .grad first, .backward() later
+            if trace.defers(self):
+                return trace.deferred.promise(self)
     return original_grad.__get__(self)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from .errors import InputError, OutOfOrderError
 from .order import OrderBook
+from .pending import DeferredGrads
 from .patch import (NoGradError, install_grad_patch, install_trace_patches, local, remove_grad_patch,
                     remove_trace_patches)
 from .switch import Coroutine
@@ -57,7 +58,7 @@ class Trace:
         self._wanted: set[torch.nn.Module] = set()
         self.backward: "BackwardContext | None" = None
         self._active = False
-        self._deferred: dict[int, tuple[torch.Tensor, Any, list[bool], torch.Tensor]] = {}
+        self.deferred = DeferredGrads()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "Trace":
@@ -109,9 +110,7 @@ class Trace:
             self._request_hooks.clear()
             self._unwrap_all()
             self._book.stop()
-            for _, handle, _, _ in self._deferred.values():
-                handle.remove()
-            self._deferred.clear()
+            self.deferred.clear()
             if self._active:
                 remove_grad_patch()
                 remove_trace_patches()
@@ -123,28 +122,19 @@ class Trace:
             self._touched.clear()
 
     # -- the pre-0.5 NNsight form: read .grad first, call .backward() later in the trace ---------
-    def deferred_grad(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A tensor that receives ``tensor``'s gradient from a plain ``.backward()`` later in this trace
-        (summed over such calls, as ``retain_grad`` would); the same one on every read."""
-        entry = self._deferred.get(id(tensor))
-        if entry is None:
-            holder = torch.zeros_like(tensor, requires_grad=False)
-            filled = [False]
-
-            def fill(grad: torch.Tensor) -> None:
-                holder.add_(grad.detach())
-                filled[0] = True
-
-            # the tensor itself is kept in the entry so that its id stays its own while the trace runs
-            entry = (holder, tensor.register_hook(fill), filled, tensor)
-            self._deferred[id(tensor)] = entry
-        return entry[0]
+    def defers(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor.grad`` is a promise of this trace: a value it handed out, read by the user's
+        code (not the model's) before any backward of the trace ran, or already promised."""
+        if self.deferred.get(tensor) is not None:
+            return True
+        return (self._co is not None and not self._co.in_child and not self.deferred.backward_ran
+                and self._touched.get(id(tensor)) is tensor)
 
     def _check_deferred(self) -> None:
-        if any(not filled[0] for _, _, filled, _ in self._deferred.values()):
+        if self.deferred.unfilled():
             raise NoGradError(
-                "a value's .grad was read outside a `with loss.backward():` block and no backward reached it "
-                "in this trace; call loss.backward() later in the same trace on a loss that depends on that "
+                "a value's .grad was read before any backward in this trace and no backward reached it "
+                "afterwards; call loss.backward() later in the same trace on a loss that depends on that "
                 "value, or read .grad inside `with loss.backward():`."
             )
 
