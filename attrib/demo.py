@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import attrib
+from attrib.methods.targets import quoted
 from attrib.viz.heatmap import layer_position_figure
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ig = attrib.integrated_gradients(model, args.prompt, target=args.target, score="prob")
     took = time.perf_counter() - start
     change = ig.info["f_x"] - ig.info["f_baseline"]
-    print(f"\nintegrated gradients of the probability of {ig.target!r} ({ig.info['n_steps']} steps, "
+    print(f"\nintegrated gradients of the probability of {quoted(ig.target)} ({ig.info['n_steps']} steps, "
           f"{ig.info['method']}, baseline {ig.info['baseline']!r}, {took:.1f} s)")
     for token, value in ig.top(len(ig.tokens)):
         print(f"  {token!r:>14} {value:+9.3f}")

@@ -214,5 +214,13 @@ def jacobian_at(model: Model, envoy: Envoy, value: torch.Tensor, score_fn: Calla
         scores = score_fn(model.output).save()
     n = scores.shape[1]
     units = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).expand(n, *scores.shape)
-    (grads,) = torch.autograd.grad(scores, leaf, units, is_grads_batched=True)
-    return scores.detach(), grads.movedim(0, 1)
+    try:
+        (grads,) = torch.autograd.grad(scores, leaf, units, is_grads_batched=True, retain_graph=True)
+        return scores.detach(), grads.movedim(0, 1)
+    except RuntimeError as err:
+        if is_oom(err) and value.shape[0] > 1:
+            raise                                   # the caller halves the batch and retries
+        # an op without a batching rule (a custom autograd Function, an extension kernel), or no memory
+        # for n gradients at once even at one row: one backward per column, still one forward
+    grads = [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < n - 1)[0] for j in range(n)]
+    return scores.detach(), torch.stack(grads, dim=1)

@@ -147,8 +147,8 @@ def _lm(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: st
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         prompt, step = rows // n_nodes, rows % n_nodes
-        alpha = torch.tensor(nodes, dtype=x.dtype, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
-        value = b[prompt] + alpha * (x[prompt] - b[prompt])
+        alpha = torch.tensor(nodes, dtype=acc, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
+        value = _point(x[prompt], b[prompt], alpha)
         row_kwargs = lm_kwargs(model, prep.input_ids[prompt], prep.attention_mask[prompt], prep.keep)
 
         def score_fn(output: Any) -> torch.Tensor:
@@ -176,17 +176,23 @@ def _lm(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: st
     results = []
     for p in range(P):
         keep = (~prep.pad[p]).nonzero().flatten()
+        tokens = list(prep.tokens[p])
+        if where is not emb and attr.shape[2] > prep.n_prompt:
+            # a layer's output at the continuation's positions moves with the prompt too: keep those
+            # columns (the teacher-forced target tokens) so that the attributions add up to f(x) − f(b)
+            keep = torch.cat([keep, torch.arange(prep.n_prompt, attr.shape[2], device=keep.device)])
+            tokens += token_strings(model, prep.targets[p].ids[: attr.shape[2] - prep.n_prompt])
         values = attr[p][:, keep]                                            # (n_out, n_tok, d)
         target_text = prep.targets[p].describe()
         info = {"method": method, "n_steps": len(alphas), "baseline": baseline if isinstance(baseline, (str, int)) else "tensor",
                 "layer": "embeddings" if layer is None else where.path,
                 "f_x": float(f_x[p].sum()), "f_baseline": float(f_b[p].sum())}
         if per_token:
-            results.append(Attribution(tokens=prep.tokens[p], scores=values.sum(-1), values=values, delta=delta[p],
+            results.append(Attribution(tokens=tokens, scores=values.sum(-1), values=values, delta=delta[p],
                                        target=target_text, method="integrated_gradients",
                                        output_tokens=token_strings(model, prep.targets[p].ids), info=info))
         else:
-            results.append(Attribution(tokens=prep.tokens[p], scores=values[0].sum(-1), values=values[0],
+            results.append(Attribution(tokens=tokens, scores=values[0].sum(-1), values=values[0],
                                        delta=delta[p, 0], target=target_text, method="integrated_gradients",
                                        info=info))
     single = isinstance(inputs, str) or isinstance(inputs, torch.Tensor) and inputs.dim() == 1
@@ -207,6 +213,11 @@ def _row_scores(tgt: Any, logits: torch.Tensor, ids: torch.Tensor, contrast_ids:
     if contrast_ids is not None:
         per = per - last.gather(-1, contrast_ids.unsqueeze(-1)).squeeze(-1)
     return per
+
+
+def _point(x: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """b + α (x − b), computed in α's (accumulation) dtype and rounded once to the model's."""
+    return (b.to(alpha.dtype) + alpha * (x.to(alpha.dtype) - b.to(alpha.dtype))).to(x.dtype)
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -274,8 +285,8 @@ def _generic(model: Model, inputs: Any, target: Any, baseline: Any, alphas: list
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         item, step = rows // len(alphas), rows % len(alphas)
-        alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)[step].view(shape)
-        value = b[item] + alpha * (x[item] - b[item])
+        alpha = torch.tensor(alphas, dtype=acc, device=x.device)[step].view(shape)
+        value = _point(x[item], b[item], alpha)
         row_score = lambda output: score_fn(output, rows=item)  # noqa: E731
         if where is None:
             grad = _input_gradient(model, value, row_score)

@@ -43,7 +43,7 @@ import torch
 from ..core.model import LanguageModel, Model
 from .common import MethodError, _accepts, is_oom, lm_kwargs, prepare, token_strings
 from .components import COMPONENTS, Sites, normalize_components, normalize_positions, patch_rows, resolve_layout
-from .targets import SCORES, Target, resolve_target
+from .targets import SCORES, Target, quoted, resolve_target
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,7 +103,7 @@ class PatchingResult:
 
     def __str__(self) -> str:
         top = "  ".join(f"{c}{list(i)} {v:+.3f}" for c, i, v in self.top(3))
-        return (f"{self.method} ({self.direction}) for {self.target!r}: metric clean {self.metric_clean:.3f}, "
+        return (f"{self.method} ({self.direction}) for {quoted(self.target)}: metric clean {self.metric_clean:.3f}, "
                 f"corrupted {self.metric_corrupted:.3f}; top: {top}")
 
     def plot(self, component: str = "resid", *, position: int | None = None,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .targets import quoted
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -66,8 +68,8 @@ class Attribution:
         delta = "" if self.delta is None or self.delta.dim() else f" (delta {float(self.delta):.3g})"
         if self.scores.dim() == 1:
             body = "  ".join(f"{t!r} {float(s):+.3f}" for t, s in zip(self.tokens, self.scores))
-            return f"{self.method} for {self.target!r}{delta}: {body}"
-        rows = [f"{self.method} for {self.target!r}: {len(self.output_tokens or [])} × {len(self.tokens)} matrix"]
+            return f"{self.method} for {quoted(self.target)}{delta}: {body}"
+        rows = [f"{self.method} for {quoted(self.target)}: {len(self.output_tokens or [])} × {len(self.tokens)} matrix"]
         for name, row in zip(self.output_tokens or [], self.scores):
             rows.append(f"  {name!r}: " + "  ".join(f"{float(s):+.2f}" for s in row))
         return "\n".join(rows)

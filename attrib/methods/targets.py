@@ -27,7 +27,7 @@ import torch
 
 from ..core.errors import AttribError
 
-__all__ = ["Target", "TargetError", "resolve_target", "SCORES"]
+__all__ = ["Target", "TargetError", "resolve_target", "SCORES", "quoted"]
 
 SCORES = ("logit", "logprob", "prob")
 
@@ -88,6 +88,11 @@ class Target:
     def describe(self) -> str:
         base = self.text if self.metric is None else "metric"
         return base if self.contrast_ids is None else f"{base!r} − {self.contrast_text!r}"
+
+
+def quoted(target: str) -> str:
+    """A result's target as titles show it: ``' Paris'``; a contrast (already quoted) as it is."""
+    return target if target.startswith(("'", '"')) and " − " in target else repr(target)
 
 
 def _tokens(tokenizer: Any, value: str | int | Sequence[int], vocab: int, what: str) -> tuple[int, ...]:

@@ -22,13 +22,16 @@ from .colours import scale_of
 from .heatmap import layer_position_html
 from .labels import token_label
 from .markup import escape, grid_html, matrix_html, token_html
+from ..methods.targets import quoted
 from .options import HeatmapOptions, resolve, with_defaults
 from .tokens import matrix_figure, token_figure
 
 __all__ = ["attribution_title", "attribution_arrays", "attribution_html", "attribution_figure",
            "patching_title", "patching_html", "MAX_CELLS"]
 
-MAX_CELLS = 2000     # the largest layer × position table that a PatchingResult renders inline
+MAX_CELLS = 2000     # the largest table that a result renders inline (HTML) or draws cell by cell
+
+
 
 
 def attribution_title(result: Any) -> str:
@@ -36,7 +39,7 @@ def attribution_title(result: Any) -> str:
     delta = getattr(result, "delta", None)
     delta = None if delta is None else np.asarray(delta.detach().cpu() if hasattr(delta, "detach") else delta)
     extra = f" (delta {float(delta):.3g})" if delta is not None and delta.size == 1 else ""
-    return f"{result.method} → {result.target!r}{extra}"
+    return f"{result.method} → {quoted(result.target)}{extra}"
 
 
 def attribution_arrays(result: Any) -> tuple[np.ndarray, list[str] | None, list[str]]:
@@ -59,6 +62,10 @@ def attribution_html(result: Any, options: HeatmapOptions | None = None, **overr
     """One token heatmap row, or for a matrix a table with one row per output token on a shared scale."""
     options = with_defaults(resolve(options, **overrides), title=attribution_title(result))
     scores, rows, cols = attribution_arrays(result)
+    if scores.size > MAX_CELLS:
+        return (f"<div class='tex2jax_ignore mathjax_ignore'>{escape(attribution_title(result))}: "
+                f"{scores.size} values, too many for an inline heatmap; draw them yourself from "
+                "<code>.scores</code>.</div>")
     if rows is None:
         return token_html(cols, scores, options)
     return matrix_html(scores, rows, cols, options)
@@ -68,6 +75,13 @@ def attribution_figure(result: Any, options: HeatmapOptions | None = None, **ove
     """A matplotlib Figure: the token heatmap (wrapped into rows) or the outputs × inputs matrix."""
     options = with_defaults(resolve(options, **overrides), title=attribution_title(result))
     scores, rows, cols = attribution_arrays(result)
+    if scores.size > MAX_CELLS:
+        from ..methods.common import MethodError
+
+        raise MethodError(
+            f"this result has {scores.size} values (scores of shape {tuple(result.scores.shape)}), more than a "
+            f"heatmap of cells shows readably ({MAX_CELLS}); plot .scores yourself, e.g. with plt.imshow."
+        )
     if rows is None:
         return token_figure(cols, scores, options)
     return matrix_figure(scores, rows, cols, options)
@@ -75,7 +89,7 @@ def attribution_figure(result: Any, options: HeatmapOptions | None = None, **ove
 
 def patching_title(result: Any, component: str) -> str:
     """``method (direction): component → 'target'``."""
-    return f"{result.method} ({result.direction}): {component} → {result.target!r}"
+    return f"{result.method} ({result.direction}): {component} → {quoted(result.target)}"
 
 
 def _top_table(result: Any, k: int, options: HeatmapOptions, legend: bool) -> str:
@@ -103,7 +117,7 @@ def patching_html(result: Any, options: HeatmapOptions | None = None, *, k: int 
     shapes = ", ".join(f"{c} {' × '.join(map(str, v.shape))}" for c, v in arrays.items())
     head = f'<div style="font-weight:600">{escape(options.title)}</div>' if options.title else ""
     summary = (f"{head}<div><b>{escape(result.method)}</b> ({escape(result.direction)}) → "
-               f"{escape(repr(result.target))}: metric clean {result.metric_clean:.4g}, corrupted "
+               f"{escape(quoted(result.target))}: metric clean {result.metric_clean:.4g}, corrupted "
                f"{result.metric_corrupted:.4g}; scores {escape(shapes)}</div>")
     fits = grid is not None and grid.size <= MAX_CELLS
     parts = [summary, _top_table(result, k, options, legend=not fits)]

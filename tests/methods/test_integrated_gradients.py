@@ -240,3 +240,33 @@ def test_sixteen_bit_models_sum_their_steps_in_float32():
     # each bf16 gradient is rounded once (2^-8 relative), not the running sum of 50 steps
     err = (got.values.double() - ref.values).abs().max() / ref.values.abs().max()
     assert err < 3e-2, float(err)
+
+
+def test_per_token_falls_back_to_one_backward_per_token_without_batching_rules(monkeypatch):
+    model = lm("gpt2")
+    expected = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], n_steps=6, per_token=True)
+    grad = torch.autograd.grad
+    batched = []
+
+    def no_batching_rule(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            batched.append(True)
+            raise RuntimeError("Batching rule not implemented for aten::detach")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching_rule)
+    got = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], n_steps=6, per_token=True)
+    assert batched                                   # the vmapped backward was tried, then the loop ran
+    torch.testing.assert_close(got.values, expected.values, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.delta, expected.delta, rtol=1e-9, atol=1e-12)
+
+
+def test_layer_ig_of_a_continuation_keeps_its_positions_and_adds_up():
+    model = lm("gpt2")
+    a = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], layer="transformer.h.0", n_steps=50)
+    assert a.values.shape[0] == len(a.tokens) == len(IDS) + 2          # prompt + the two teacher-forced tokens
+    change = a.info["f_x"] - a.info["f_baseline"]
+    assert abs(float(a.scores.sum()) - change) <= 1e-3 * abs(change) + 1e-9
+    assert abs(float(a.delta)) <= 1e-3 * abs(change) + 1e-9
+    emb = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], n_steps=50)
+    assert len(emb.tokens) == len(IDS)                                  # embeddings: only the prompt moves

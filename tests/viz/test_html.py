@@ -206,3 +206,14 @@ def test_patching_repr_html_stays_modest_for_long_prompts():
     page = r._repr_html_()
     assert "table left out (3000 cells)" in page
     assert page.count("<tr>") == 1 + 5 and page.count("attrib-legend") == 1 and len(page) < 20_000
+
+
+def test_results_too_large_for_a_heatmap_say_so():
+    import attrib
+
+    net = attrib.Model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2)))
+    a = attrib.integrated_gradients(net, torch.rand(2, 3, 32, 32), target=0, n_steps=2)
+    page = a._repr_html_()
+    assert len(page) < 1000 and "6144 values" in page
+    with pytest.raises(attrib.AttribError, match=r"6144 values .* plot \.scores yourself"):
+        a.plot()
