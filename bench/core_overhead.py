@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -47,7 +45,7 @@ except ImportError:  # nnsight is optional
     nnsight = None  # type: ignore[assignment]
 
 import attrib  # noqa: E402
-from bench.harness import cell as harness_cell, time_contestants  # noqa: E402
+from bench.harness import cell as harness_cell, header, time_contestants  # noqa: E402
 
 Grads = tuple[torch.Tensor, torch.Tensor]  # (d logits, d h)
 DEFAULT_CASES = "tiny-gpt2,demo"
@@ -203,14 +201,6 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
             "match": ("NO: " + ", ".join(mismatch)) if mismatch else "yes" if ref and "attrib" in first else "–"}
 
 
-def header(device: torch.device, reps: int, warmup: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    nn_version = nnsight.__version__ if nnsight is not None else "not installed"
-    return (f"torch {torch.__version__} · transformers {transformers.__version__} · nnsight {nn_version} · "
-            f"python {platform.python_version()} · device {device} ({name}, {torch.get_num_threads()} CPU threads) · "
-            f"median of {reps} after {warmup} warm-up · {datetime.datetime.now().isoformat(timespec='seconds')}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=DEFAULT_CASES, help="comma list of tiny-gpt2, demo, gpt2-small, llama-1b")
@@ -223,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    print(header(device, args.reps, args.warmup), flush=True)
+    nn_version = nnsight.__version__ if nnsight is not None else "not installed"
+    print(header(device, args.reps, args.warmup, {"nnsight": nn_version}), flush=True)
     rows = [measure(c.strip(), device, dtype, args.tokens, args.reps, args.warmup)
             for c in args.cases.split(",") if c.strip()]
     cols = list(rows[0])

@@ -7,6 +7,8 @@ just freed. A contestant that raises is reported in its cell and skipped from th
 
 from __future__ import annotations
 
+import datetime
+import platform
 import random
 import statistics
 import time
@@ -14,7 +16,18 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["sync", "time_contestants", "cell", "ratio"]
+__all__ = ["sync", "time_contestants", "cell", "ratio", "header"]
+
+
+def header(device: torch.device, reps: int, warmup: int, libraries: dict[str, str]) -> str:
+    """One line of versions, device, repetitions and time: the context every bench table is read in."""
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    libs = "".join(f" · {k} {v}" for k, v in libraries.items())
+    return (f"torch {torch.__version__} · transformers {transformers.__version__}{libs} · "
+            f"python {platform.python_version()} · device {device} ({name}, {torch.get_num_threads()} CPU threads) · "
+            f"median of {reps} after {warmup} warm-up · {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
 def sync(device: torch.device) -> None:

@@ -50,9 +50,7 @@ Run from the repo root (attrib need not be installed)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import platform
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -64,7 +62,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import attrib  # noqa: E402
-from bench.harness import cell, ratio, time_contestants  # noqa: E402
+from bench.harness import cell, header, ratio, time_contestants  # noqa: E402
 
 try:
     import captum  # noqa: E402
@@ -181,7 +179,6 @@ def measure_ig(shape: str, device: torch.device, dtype: torch.dtype, tokens: int
                 "attrib / ideal keep-1": ratio(med, "attrib", "ideal keep-1"),
                 "attrib / best Captum (≤0.65)": ratio(med, "attrib", best),
                 "match": " · ".join(match) or "–"})
-    del model, hf, runs, first, params
     return row
 
 
@@ -271,16 +268,7 @@ def measure_matrix(device: torch.device, dtype: torch.dtype, n_out: int, steps: 
            "output tokens": str(n_out), "steps": str(steps), "attrib ms": cell(med, failed, "attrib"),
            f"{label} ms": cell(med, failed, "captum") if captum is not None else "captum not installed",
            "Captum / attrib (≥10)": ratio(med, "attrib", "captum", invert=True), "match": match}
-    del model, hf, runs, first
     return row
-
-
-def header(device: torch.device, reps: int, warmup: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    cap = captum.__version__ if captum is not None else "not installed"
-    return (f"torch {torch.__version__} · transformers {transformers.__version__} · captum {cap} · "
-            f"python {platform.python_version()} · device {device} ({name}, {torch.get_num_threads()} CPU threads) · "
-            f"median of {reps} after {warmup} warm-up · {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
 def table(rows: list[dict[str, str]]) -> str:
@@ -317,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     n_out = args.out_tokens or (32 if cuda else 6)
     reps = args.reps or (10 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (2 if cuda else 0)
-    print(header(device, reps, warmup), flush=True)
+    cap_version = captum.__version__ if captum is not None else "not installed"
+    print(header(device, reps, warmup, {"captum": cap_version}), flush=True)
     if captum is None:
         print("captum is not installed: its columns are empty (pip install captum)")
     ig_rows, matrix_rows, notes = [], [], []
