@@ -36,11 +36,10 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import attrib  # noqa: E402
+from attrib.demo import IOI_CLEAN as CLEAN, IOI_CORRUPTED as CORRUPTED  # noqa: E402
 from attrib.methods.patching import activation_patching, attribution_patching  # noqa: E402
 from bench.harness import sync  # noqa: E402
 
-CLEAN = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:

@@ -37,13 +37,12 @@ import numpy as np
 import torch
 
 import attrib
+from attrib.demo import IOI_CLEAN as CLEAN, IOI_CORRUPTED as CORRUPTED
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # run as a script or loaded by path
 from _report import CLAIM_HEADER, print_table, verdict  # noqa: E402
 
 Row = tuple[str, ...]
-CLEAN = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 TARGET, CONTRAST = " Mary", " John"
 
 

@@ -45,7 +45,7 @@ class Target:
     score: str
     text: str
     metric: Callable[[torch.Tensor], torch.Tensor] | None = None
-    contrast_text: str = "contrast"
+    contrast_text: str = ""
 
     @property
     def n_tokens(self) -> int:

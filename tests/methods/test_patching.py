@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import attrib
+from attrib.demo import IOI_CLEAN, IOI_CORRUPTED
 from attrib.methods.common import MethodError
 from attrib.methods.patching import PatchingResult, activation_patching, attribution_patching
 from tests.conftest import attn_name, layers_of, tiny_hf
@@ -373,8 +374,6 @@ def test_frozen_weights_still_get_gradients(gpt2):
 
 # -- the demo model: IOI ---------------------------------------------------------------------------
 
-IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
-IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
 @pytest.mark.slow
