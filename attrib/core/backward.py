@@ -29,6 +29,7 @@ import torch
 from .errors import AttribError, GradientValueError, OutOfOrderError
 from .patch import (NoGradError, NonScalarLossError, _translate, install_grad_patch, local, original_grad,
                     remove_grad_patch)
+from .release import release
 from .switch import Coroutine
 
 if TYPE_CHECKING:
@@ -95,8 +96,9 @@ class BackwardContext:
                 if t.requires_grad:
                     self._hook(t)
             self._co = Coroutine(self._run)
-        except BaseException:
+        except BaseException as err:
             self._cleanup()
+            release(err)
             raise
         return self
 
@@ -106,8 +108,12 @@ class BackwardContext:
                 self._want = None
                 while not self._co.finished:
                     self._co.resume()
-        finally:
+        except BaseException as err:
             self._cleanup()
+            release(err)
+            raise
+        self._cleanup()
+        release(exc)
         return False
 
     def _cleanup(self) -> None:
@@ -120,6 +126,9 @@ class BackwardContext:
             self._handles.clear()
             self._tensors.clear()
             self._current = None
+            # the loss holds the whole graph (and through it the forward's saved activations)
+            self.loss = self.gradient = None  # type: ignore[assignment]
+            self.inputs = []
             if self._entered:
                 self.trace.backward = None
                 local.backward = None

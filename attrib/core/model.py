@@ -19,6 +19,7 @@ import torch
 
 from .envoy import Envoy, display_path
 from .errors import InputError, OutOfOrderError
+from .release import release
 from .trace import Trace
 from .values import tensors_in
 
@@ -97,6 +98,11 @@ class Model:
         except AttributeError as err:
             object.__setattr__(self, "_value_error", err)
             raise
+
+    def _forget_value_error(self) -> None:
+        """Drop the kept AttributeError (its traceback holds the frames of the read that raised it)."""
+        release(self._value_error)
+        object.__setattr__(self, "_value_error", None)
 
     def _reraise_value_error(self, name: str) -> None:
         err = self._value_error

@@ -86,6 +86,8 @@ class Coroutine:
     def _run(self, *_: Any) -> Any:
         try:
             self.result = self._fn()
+        except greenlet.GreenletExit:
+            raise                               # :meth:`close` unwinding a paused child is no failure
         except BaseException as err:
             self.failed = err
             raise
@@ -125,12 +127,15 @@ class Coroutine:
         return self._glet is not None and greenlet.getcurrent() is self._glet
 
     def close(self) -> None:
-        """Unwind a paused child (its ``finally`` blocks run); no-op when not started or done."""
+        """Unwind a paused child (its ``finally`` blocks run) and drop every reference to what it computed:
+        its frames, its result and its failure (whose traceback holds the child's frames)."""
         if self._glet is not None and self._glet and not self._glet.dead:
             caller = capture()
             try:
                 self._glet.throw(greenlet.GreenletExit)
             finally:
                 restore(caller, capture())
-        self._glet = None  # drop the frame references
+        self._glet = None
         self._fn = None  # type: ignore[assignment]
+        self.result = None
+        self.failed = None

@@ -23,6 +23,7 @@ import torch
 from .errors import InputError, OutOfOrderError
 from .order import OrderBook
 from .pending import DeferredGrads
+from .release import release
 from .patch import (NoGradError, install_grad_patch, install_trace_patches, local, remove_grad_patch,
                     remove_trace_patches)
 from .switch import Coroutine
@@ -77,8 +78,9 @@ class Trace:
             for module in self.model._containers():
                 self._wrap(module)
             self._co = Coroutine(self._forward)
-        except BaseException:
+        except BaseException as err:
             self._cleanup()
+            release(err)
             raise
         return self
 
@@ -89,8 +91,12 @@ class Trace:
                     self._co.resume()
                 self._learn_order()
                 self._check_deferred()
-        finally:
-            self._cleanup()
+        except BaseException as err:
+            self._cleanup(failed=True)
+            release(err)
+            raise
+        self._cleanup(failed=exc is not None)
+        release(exc)
         return False
 
     def _learn_order(self) -> None:
@@ -100,7 +106,9 @@ class Trace:
         elif book.stale:
             self.model._order = None
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, failed: bool = True) -> None:
+        """Remove every hook, wrapper and patch; drop the values of the pass (all of them when it failed,
+        so that nothing it allocated stays reachable through the trace)."""
         try:
             if self._co is not None:
                 self._co.close()
@@ -118,8 +126,15 @@ class Trace:
             if local.traces and local.traces[-1] is self:
                 local.traces.pop()
             self.model._trace = None
+            self.model._forget_value_error()
             self._co = None
             self._touched.clear()
+            self._labels.clear()
+            self._values.clear()
+            self._paused = None
+            if failed:
+                self.saved.clear()
+                self.args, self.kwargs = (), {}
 
     # -- the pre-0.5 NNsight form: read .grad first, call .backward() later in the trace ---------
     def defers(self, tensor: torch.Tensor) -> bool:

@@ -14,7 +14,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from .common import is_oom
+from ..core.release import free_after_oom, is_oom
 
 __all__ = ["run_rows"]
 
@@ -49,8 +49,7 @@ def run_rows(run: Callable[[torch.Tensor], torch.Tensor], total: int, group: Cal
                 part = run(rows)
             except BaseException as err:
                 if batch_size is None and size > 1 and is_oom(err):
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    free_after_oom(err, device)  # the failed attempt's tensors are gone before the retry
                     size = max(1, size // 2)
                     if memo is not None:
                         memo[remember[1]] = size

@@ -21,6 +21,7 @@ import torch
 from ..core.envoy import Envoy
 from ..core.errors import AttribError, InputError
 from ..core.model import LanguageModel, Model
+from ..core.release import free_after_oom, is_oom
 from .targets import Target, resolve_target
 
 __all__ = ["Prepared", "prepare", "embedding_envoy", "envoy_for", "gradient_at", "first_tensor",
@@ -156,14 +157,6 @@ def prepare(model: LanguageModel, prompts: str | Sequence[str] | torch.Tensor, t
     return Prepared(ids, mask, n_prompt, targets, tokens, pad)
 
 
-def is_oom(err: BaseException) -> bool:
-    """An out-of-memory error of torch on any device."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 def _accepts(module: torch.nn.Module, name: str) -> bool:
     try:
         return name in inspect.signature(module.forward).parameters
@@ -220,6 +213,7 @@ def jacobian_at(model: Model, envoy: Envoy, value: torch.Tensor, score_fn: Calla
     except RuntimeError as err:
         if is_oom(err) and value.shape[0] > 1:
             raise                                   # the caller halves the batch and retries
+        free_after_oom(err, value.device)           # what the batched backward held, before the loop
         # an op without a batching rule (a custom autograd Function, an extension kernel), or no memory
         # for n gradients at once even at one row: one backward per column, still one forward
     grads = [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < n - 1)[0] for j in range(n)]

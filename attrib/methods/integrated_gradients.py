@@ -21,6 +21,7 @@ import torch
 
 from ..core.envoy import Envoy
 from ..core.errors import AttribError
+from ..core.release import releasing
 from ..core.model import LanguageModel, Model
 from .batching import run_rows
 from .common import (MethodError, Prepared, embedding_envoy, envoy_for, first_tensor, gradient_at, jacobian_at,
@@ -35,6 +36,7 @@ class NonFiniteAttributionError(AttribError, FloatingPointError):
     """Attributions came out inf or NaN."""
 
 
+@releasing
 def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None,
                          score: str = "logit", metric: Callable | None = None, baseline: Any = "zeros",
                          n_steps: int = 50, method: str = "gausslegendre", layer: str | Envoy | None = None,

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 
 from ..core.model import LanguageModel, Model
-from .common import MethodError, _accepts, is_oom, lm_kwargs, prepare, token_strings
+from ..core.release import free_after_oom, is_oom, releasing
+from .common import MethodError, _accepts, lm_kwargs, prepare, token_strings
 from .components import COMPONENTS, Sites, normalize_components, normalize_positions, patch_rows, resolve_layout
 from .targets import SCORES, Target, quoted, resolve_target
 
@@ -278,6 +279,7 @@ def _result(method: str, direction: str, comps: Sequence[str], scores: dict[str,
 
 # -- attribution patching ------------------------------------------------------------------------
 
+@releasing
 def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
                          metric: Callable[[torch.Tensor], torch.Tensor] | None = None, score: str = "logit",
                          components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
@@ -334,6 +336,7 @@ def _default_batch(device: torch.device, n_tokens: int) -> int:
     return max(1, budget // max(1, n_tokens))
 
 
+@releasing
 def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
                         metric: Callable[[torch.Tensor], torch.Tensor] | None = None, score: str = "logit",
                         components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
@@ -381,6 +384,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
             values[start:start + len(chunk)] = _patched(setup, sites, comps, receiving, sources, chunk) - m_recv
         except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
             if is_oom(err) and size > 1:
+                free_after_oom(err, model.device)
                 size //= 2
                 continue
             raise

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..core.release import releasing
 from ..core.model import LanguageModel, Model
 from .common import MethodError, _accepts, embedding_envoy, first_tensor, gradient_at, lm_kwargs, prepare
 from .result import Attribution
@@ -47,6 +48,7 @@ MODES = ("grad", "grad_x_input")
 SMOOTH_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
+@releasing
 def saliency(model: Model, inputs: str | Sequence[str] | torch.Tensor, *, target: Any = None,
              contrast: Any = None, score: str = "logit", metric: Callable[[Any], torch.Tensor] | None = None,
              mode: str = "grad", smooth: int = 0, noise: float = 0.15, smooth_type: str = "smoothgrad",
