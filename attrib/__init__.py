@@ -10,15 +10,13 @@
 [[1.0]]
 """
 
-from .core import (AttribError, GradientValueError, GraphFreedError, InputError, LanguageModel, Model,
-                   ModulePathError, NoGradError, NonScalarLossError, OutOfOrderError, load_demo_model, save)
-
-from .methods import (Attribution, NonFiniteAttributionError, PatchingResult, TargetError, activation_patching,
-                      attribution_patching, integrated_gradients, saliency)
-from .methods.common import MethodError
+from .core import LanguageModel, Model, load_demo_model, save
+from .errors import *  # noqa: F401,F403 - every error class is public
+from .errors import __all__ as _errors
+from .methods import (Attribution, PatchingResult, activation_patching, attribution_patching, integrated_gradients,
+                      saliency)
 
 __version__ = "0.1.0"
 
-__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "Attribution", "MethodError", "NonFiniteAttributionError", "TargetError", "integrated_gradients",
-           "saliency", "AttribError", "GradientValueError", "GraphFreedError", "InputError", "LanguageModel", "Model",
-           "ModulePathError", "NoGradError", "NonScalarLossError", "OutOfOrderError", "load_demo_model", "save"]
+__all__ = ["Model", "LanguageModel", "load_demo_model", "save", "integrated_gradients", "saliency",
+           "attribution_patching", "activation_patching", "Attribution", "PatchingResult", *_errors]

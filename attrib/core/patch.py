@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import AttribError, GraphFreedError
+from ..errors import GraphFreedError, NoGradError, NonScalarLossError
 from .withdetect import called_in_with
 
 if TYPE_CHECKING:
@@ -62,14 +62,6 @@ def _translate(err: RuntimeError) -> Exception | None:
             "detached, or from integer inputs only); compute the loss from model values with grad enabled."
         )
     return None
-
-
-class NonScalarLossError(AttribError, RuntimeError):
-    """``backward()`` of a non-scalar tensor without a gradient argument."""
-
-
-class NoGradError(AttribError, RuntimeError):
-    """``backward()`` of a tensor that is not part of an autograd graph."""
 
 
 def plain_backward(tensor: torch.Tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None) -> None:

@@ -19,13 +19,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from .errors import AttribError
+from ..errors import PendingGradError
 
-__all__ = ["PendingGrad", "PendingGradError", "DeferredGrads"]
-
-
-class PendingGradError(AttribError, RuntimeError):
-    """A gradient read before its backward pass was used before that backward ran."""
+__all__ = ["PendingGrad", "DeferredGrads"]
 
 
 class PendingGrad(torch.Tensor):

@@ -15,13 +15,10 @@ from typing import Any, Callable
 import greenlet
 import torch
 
-from .errors import AttribError
+from ..errors import TraceFailedError
 
-__all__ = ["capture", "restore", "Coroutine", "ResumeAfterFailure"]
+__all__ = ["capture", "restore", "Coroutine"]
 
-
-class ResumeAfterFailure(AttribError):
-    """The model's forward (or a backward) already raised; nothing is left to resume."""
 
 _C = torch._C
 _AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
@@ -101,7 +98,7 @@ class Coroutine:
     def resume(self, value: Any = None) -> Any:
         """Run the child until it pauses or returns."""
         if self.failed is not None:
-            raise ResumeAfterFailure(
+            raise TraceFailedError(
                 f"the traced computation already failed with {type(self.failed).__name__}: {self.failed}; "
                 "fix that error and trace again."
             ) from self.failed

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .errors import InputError, OutOfOrderError
+from ..errors import AlreadyTracedError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
 from .order import OrderBook
 from .pending import DeferredGrads
 from .release import release
@@ -64,7 +64,7 @@ class Trace:
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "Trace":
         if self.model._trace is not None:
-            raise OutOfOrderError(
+            raise AlreadyTracedError(
                 f"{type(self.model.module).__name__} is already being traced; finish the open "
                 "`with model.trace(...)` block before starting another on the same model."
             )
@@ -188,7 +188,7 @@ class Trace:
             return self._pick(key, kind)
         path = f"{self.model._path_of(module)}.{kind}"
         if self.backward is not None:
-            raise OutOfOrderError(
+            raise NotInTraceError(
                 f"{path} was first read inside a backward context, after the forward pass is over; "
                 "read it in the trace before the `with ....backward():` block."
             )
@@ -207,11 +207,11 @@ class Trace:
             self._book.stale = True
             return self._pick(key, kind)
         if self._co.finished:
-            raise OutOfOrderError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
+            raise NeverRanError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
         self._wait_for(module, key)
         if key not in self._values:
             self._book.stale = True  # the recorded order did not foresee this; learn it again next time
-            raise OutOfOrderError(
+            raise NeverRanError(
                 f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass "
                 "(the model finished without calling it)."
             )

@@ -1,9 +1,9 @@
 """Attribution methods, each a short function on the core."""
 
-from .integrated_gradients import NonFiniteAttributionError, integrated_gradients
+from .integrated_gradients import integrated_gradients
 from .patching import PatchingResult, activation_patching, attribution_patching
 from .result import Attribution
 from .saliency import saliency
-from .targets import Target, TargetError
+from .targets import Target
 
-__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "Attribution", "NonFiniteAttributionError", "Target", "TargetError", "integrated_gradients", "saliency"]
+__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "Attribution", "Target", "integrated_gradients", "saliency"]

@@ -19,17 +19,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..core.envoy import Envoy
-from ..core.errors import AttribError, InputError
+from ..errors import InputError, MethodError
 from ..core.model import LanguageModel, Model
 from ..core.release import free_after_oom, is_oom
 from .targets import Target, resolve_target
 
 __all__ = ["Prepared", "prepare", "embedding_envoy", "envoy_for", "gradient_at", "first_tensor",
            "MethodError", "is_oom", "token_strings"]
-
-
-class MethodError(AttribError, ValueError):
-    """An argument of an attribution method that cannot be used (method name, steps, layer, baseline...)."""
 
 
 def first_tensor(value: Any) -> torch.Tensor:

@@ -39,7 +39,8 @@ import torch
 
 from ..core.envoy import Envoy
 from ..core.model import Model
-from .common import MethodError, envoy_for, first_tensor, replace_first
+from ..errors import MethodError
+from .common import envoy_for, first_tensor, replace_first
 
 __all__ = ["COMPONENTS", "Layout", "KNOWN_LAYOUTS", "resolve_layout", "Sites", "patch_rows", "normalize_components",
            "normalize_positions"]

@@ -20,20 +20,16 @@ from typing import Any, Callable
 import torch
 
 from ..core.envoy import Envoy
-from ..core.errors import AttribError
+from ..errors import MethodError, NonFiniteAttributionError
 from ..core.release import releasing
 from ..core.model import LanguageModel, Model
 from .batching import run_rows
-from .common import (MethodError, Prepared, embedding_envoy, envoy_for, first_tensor, gradient_at, jacobian_at,
+from .common import (Prepared, embedding_envoy, envoy_for, first_tensor, gradient_at, jacobian_at,
                      lm_kwargs, prepare, replace_first, token_strings)
 from .quadrature import quadrature
 from .result import Attribution
 
-__all__ = ["integrated_gradients", "NonFiniteAttributionError"]
-
-
-class NonFiniteAttributionError(AttribError, FloatingPointError):
-    """Attributions came out inf or NaN."""
+__all__ = ["integrated_gradients"]
 
 
 @releasing

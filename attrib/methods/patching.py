@@ -42,9 +42,11 @@ import torch
 
 from ..core.model import LanguageModel, Model
 from ..core.release import free_after_oom, is_oom, releasing
-from .common import MethodError, _accepts, lm_kwargs, prepare, token_strings
+from ..errors import MethodError
+from .common import _accepts, lm_kwargs, prepare, token_strings
 from .components import COMPONENTS, Sites, normalize_components, normalize_positions, patch_rows, resolve_layout
-from .targets import SCORES, Target, quoted, resolve_target
+from ..viz.labels import quoted
+from .targets import SCORES, Target, resolve_target
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

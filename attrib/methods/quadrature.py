@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import MethodError
+from ..errors import MethodError
 
 __all__ = ["quadrature", "METHODS"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .targets import quoted
+from ..viz.labels import quoted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

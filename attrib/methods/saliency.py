@@ -38,9 +38,10 @@ import torch
 
 from ..core.release import releasing
 from ..core.model import LanguageModel, Model
-from .common import MethodError, _accepts, embedding_envoy, first_tensor, gradient_at, lm_kwargs, prepare
+from ..errors import MethodError, TargetError
+from .common import _accepts, embedding_envoy, first_tensor, gradient_at, lm_kwargs, prepare
 from .result import Attribution
-from .targets import SCORES, TargetError
+from .targets import SCORES
 
 __all__ = ["saliency", "MODES", "SMOOTH_TYPES"]
 

@@ -25,15 +25,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..core.errors import AttribError
+from ..errors import TargetError
 
-__all__ = ["Target", "TargetError", "resolve_target", "SCORES", "quoted"]
+__all__ = ["Target", "resolve_target", "SCORES"]
 
 SCORES = ("logit", "logprob", "prob")
-
-
-class TargetError(AttribError, ValueError):
-    """A target, contrast or score that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +84,6 @@ class Target:
     def describe(self) -> str:
         base = self.text if self.metric is None else "metric"
         return base if self.contrast_ids is None else f"{base!r} − {self.contrast_text!r}"
-
-
-def quoted(target: str) -> str:
-    """A result's target as titles show it: ``' Paris'``; a contrast (already quoted) as it is."""
-    return target if target.startswith(("'", '"')) and " − " in target else repr(target)
 
 
 def _tokens(tokenizer: Any, value: str | int | Sequence[int], vocab: int, what: str) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ import numpy as np
 from .backend import pyplot
 from .colours import colour_table, rgba, scale_of, text_colours
 from .labels import mpl_text, number
+from ..errors import PlotError
 from .options import HeatmapOptions, shows_values
 
 __all__ = ["settle", "new_figure", "paint", "colour_bar", "tick_style", "grid_figure"]
@@ -96,7 +97,7 @@ def grid_figure(values: np.ndarray, xlabels: Sequence[str], ylabels: Sequence[st
     values = np.asarray(values, dtype=float)
     rows, cols = values.shape
     if (len(ylabels), len(xlabels)) != (rows, cols):
-        raise ValueError(f"values of shape {values.shape} for {len(ylabels)} rows × {len(xlabels)} columns.")
+        raise PlotError(f"values of shape {values.shape} for {len(ylabels)} rows × {len(xlabels)} columns.")
     options = settle(values, options)
     style = tick_style(xlabels)
     cell_w = 0.55 if cols <= 30 else 0.3

@@ -20,6 +20,7 @@ import numpy as np
 from .draw import grid_figure
 from .labels import position_labels, token_label
 from .markup import grid_html
+from ..errors import PlotError
 from .options import HeatmapOptions, resolve, with_defaults
 
 __all__ = ["layer_position_figure", "layer_head_figure", "layer_position_html", "token_label"]
@@ -40,10 +41,10 @@ def layer_position_figure(values: np.ndarray, tokens: Sequence[str], options: He
     options = resolve(options, **overrides)
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
-        raise ValueError(f"values must be (layers, positions), got shape {values.shape}.")
+        raise PlotError(f"values must be (layers, positions), got shape {values.shape}.")
     cols = [tokens[p] for p in positions] if positions is not None else list(tokens)
     if len(cols) != values.shape[1]:
-        raise ValueError(f"{values.shape[1]} positions in values but {len(cols)} tokens.")
+        raise PlotError(f"{values.shape[1]} positions in values but {len(cols)} tokens.")
     layers = values.shape[0]
     return grid_figure(values, position_labels(tokens, positions), [str(i) for i in range(layers)], options,
                        xlabel="position", ylabel="layer", origin="lower", ystep=_layer_step(layers))
@@ -54,7 +55,7 @@ def layer_head_figure(values: np.ndarray, options: HeatmapOptions | None = None,
     options = resolve(options, **overrides)
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
-        raise ValueError(f"values must be (layers, heads), got shape {values.shape}.")
+        raise PlotError(f"values must be (layers, heads), got shape {values.shape}.")
     layers, heads = values.shape
     return grid_figure(values, [str(h) for h in range(heads)], [str(i) for i in range(layers)], options,
                        xlabel="head", ylabel="layer", origin="lower", ystep=_layer_step(layers))

@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import Sequence
 
 __all__ = ["SPACE", "NEWLINE", "TAB", "EMPTY", "MARKERS", "token_label", "mpl_text", "chunks", "position_labels",
-           "number"]
+           "number", "quoted"]
+
+def quoted(target: str) -> str:
+    """A result's target as titles show it: ``' Paris'``; a contrast (already quoted) as it is.
+
+    >>> quoted(" Paris"), quoted("' Mary' − ' John'")
+    ("' Paris'", "' Mary' − ' John'")
+    """
+    return target if target.startswith(("'", '"')) and " − " in target else repr(target)
+
 
 SPACE, NEWLINE, TAB, EMPTY = "␣", "⏎", "⇥", "∅"
 MARKERS = (SPACE, NEWLINE, TAB, EMPTY)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .colours import colour_table, css, rgba, scale_of, text_colours
 from .labels import MARKERS, number, token_label
+from ..errors import PlotError
 from .options import HeatmapOptions, resolve, shows_values
 
 __all__ = ["escape", "label_html", "legend_html", "token_html", "grid_html", "matrix_html"]
@@ -73,7 +74,7 @@ def token_html(tokens: Sequence[str], scores: np.ndarray, options: HeatmapOption
     options = resolve(options, **overrides)
     scores = np.asarray(scores, dtype=float).reshape(-1)
     if len(tokens) != len(scores):
-        raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores.")
+        raise PlotError(f"{len(tokens)} tokens but {len(scores)} scores.")
     fills = rgba(scores, options)
     inks = text_colours(fills)
     values = shows_values(options, len(scores))
@@ -98,7 +99,7 @@ def grid_html(values: np.ndarray, row_labels: Sequence[str], col_labels: Sequenc
     options = resolve(options, **overrides)
     values = np.asarray(values, dtype=float)
     if values.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"values of shape {values.shape} for {len(row_labels)} rows × {len(col_labels)} columns.")
+        raise PlotError(f"values of shape {values.shape} for {len(row_labels)} rows × {len(col_labels)} columns.")
     fills = rgba(values, options)
     inks = np.array(text_colours(fills), dtype=object).reshape(values.shape)
     printed = shows_values(options, values.size)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..errors import OptionError
+
 __all__ = ["HeatmapOptions", "resolve", "with_defaults", "shows_values", "BUILTIN_CMAP", "MAX_VALUES"]
 
 BUILTIN_CMAP = "diverging"
@@ -46,22 +48,22 @@ class HeatmapOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.cmap, str):
-            raise TypeError(f"cmap must be a colour map name, got {type(self.cmap).__name__}.")
+            raise OptionError(f"cmap must be a colour map name, got {type(self.cmap).__name__}.")
         if self.cmap != BUILTIN_CMAP:
             import matplotlib
 
             if self.cmap not in matplotlib.colormaps:
-                raise ValueError(f"cmap={self.cmap!r} is neither {BUILTIN_CMAP!r} nor a matplotlib colour map "
+                raise OptionError(f"cmap={self.cmap!r} is neither {BUILTIN_CMAP!r} nor a matplotlib colour map "
                                  "(e.g. 'RdBu_r', 'PuOr_r', 'coolwarm').")
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
                                            and self.scale > 0):
-            raise ValueError(f"scale must be a positive finite number or None, got {self.scale!r}.")
+            raise OptionError(f"scale must be a positive finite number or None, got {self.scale!r}.")
         if not isinstance(self.decimals, int) or not 0 <= self.decimals <= 12:
-            raise ValueError(f"decimals must be an int from 0 to 12, got {self.decimals!r}.")
+            raise OptionError(f"decimals must be an int from 0 to 12, got {self.decimals!r}.")
         if not isinstance(self.wrap, int) or self.wrap < 1:
-            raise ValueError(f"wrap must be a positive int (tokens per row), got {self.wrap!r}.")
+            raise OptionError(f"wrap must be a positive int (tokens per row), got {self.wrap!r}.")
         if self.figsize is not None and (len(self.figsize) != 2 or min(self.figsize) <= 0):
-            raise ValueError(f"figsize must be (width, height) in inches, got {self.figsize!r}.")
+            raise OptionError(f"figsize must be (width, height) in inches, got {self.figsize!r}.")
 
 
 _FIELDS = tuple(f.name for f in fields(HeatmapOptions))
@@ -74,10 +76,10 @@ def resolve(options: HeatmapOptions | None = None, /, **overrides: Any) -> Heatm
     'PuOr_r'
     """
     if options is not None and not isinstance(options, HeatmapOptions):
-        raise TypeError(f"options must be a HeatmapOptions, got {type(options).__name__}.")
+        raise OptionError(f"options must be a HeatmapOptions, got {type(options).__name__}.")
     unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:
-        raise TypeError(f"unknown heatmap option(s) {', '.join(unknown)}; the options are {', '.join(_FIELDS)}.")
+        raise OptionError(f"unknown heatmap option(s) {', '.join(unknown)}; the options are {', '.join(_FIELDS)}.")
     base = options if options is not None else HeatmapOptions()
     return replace(base, **overrides) if overrides else base
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from .colours import scale_of
 from .heatmap import layer_position_html
-from .labels import token_label
+from ..errors import PlotError
+from .labels import quoted, token_label
 from .markup import escape, grid_html, matrix_html, token_html
-from ..methods.targets import quoted
 from .options import HeatmapOptions, resolve, with_defaults
 from .tokens import matrix_figure, token_figure
 
@@ -76,9 +76,7 @@ def attribution_figure(result: Any, options: HeatmapOptions | None = None, **ove
     options = with_defaults(resolve(options, **overrides), title=attribution_title(result))
     scores, rows, cols = attribution_arrays(result)
     if scores.size > MAX_CELLS:
-        from ..methods.common import MethodError
-
-        raise MethodError(
+        raise PlotError(
             f"this result has {scores.size} values (scores of shape {tuple(result.scores.shape)}), more than a "
             f"heatmap of cells shows readably ({MAX_CELLS}); plot .scores yourself, e.g. with plt.imshow."
         )

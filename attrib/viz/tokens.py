@@ -20,6 +20,7 @@ import numpy as np
 from .draw import colour_bar, grid_figure, new_figure, paint, settle, tick_style
 from .labels import chunks, mpl_text, token_label
 from .markup import matrix_html, token_html
+from ..errors import PlotError
 from .options import HeatmapOptions, resolve
 
 __all__ = ["token_figure", "matrix_figure", "token_html", "matrix_html"]
@@ -33,9 +34,9 @@ def token_figure(tokens: Sequence[str], scores: np.ndarray, options: HeatmapOpti
     options = resolve(options, **overrides)
     scores = np.asarray(scores, dtype=float).reshape(-1)
     if len(tokens) != len(scores):
-        raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores.")
+        raise PlotError(f"{len(tokens)} tokens but {len(scores)} scores.")
     if len(tokens) == 0:
-        raise ValueError("no tokens to plot.")
+        raise PlotError("no tokens to plot.")
     options = settle(scores, options)
     labels = [token_label(t) for t in tokens]
     rows = chunks(len(tokens), options.wrap)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attrib
-from attrib.core.pending import PendingGradError
+from attrib.errors import PendingGradError
 from tests.conftest import tiny_hf
 
 IDS = torch.tensor([[3, 14, 15, 9]])

@@ -8,7 +8,7 @@ import torch
 
 import attrib
 from attrib.demo import IOI_CLEAN, IOI_CORRUPTED
-from attrib.methods.common import MethodError
+from attrib.errors import MethodError
 from attrib.methods.patching import PatchingResult, activation_patching, attribution_patching
 from tests.conftest import attn_name, layers_of, tiny_hf
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attrib
-from attrib.methods.common import MethodError
+from attrib.errors import MethodError
 from attrib.methods.saliency import saliency
 
 from ..conftest import ARCHS, tiny_hf

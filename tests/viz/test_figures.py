@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attrib
-from attrib.methods.common import MethodError
+from attrib.errors import MethodError
 from attrib.methods.patching import PatchingResult
 from attrib.methods.result import Attribution
 from attrib.viz import (HeatmapOptions, layer_head_figure, layer_position_figure, matrix_figure, rgba, token_figure,
