@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import attrib
-from attrib.core.patch import local
+from attrib.core.current import local
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 

@@ -11,7 +11,8 @@
 >>> g_out.tolist()
 [[1.0]]
 
-The backward runs in a greenlet: ``torch.autograd.grad(loss, touched, allow_unused=True)``, where
+The backward runs in a greenlet (:mod:`attrib.core.handoff`, as the trace's forward does):
+``torch.autograd.grad(loss, touched, allow_unused=True)``, where
 ``touched`` are the tensors the trace handed out. It computes no parameter gradient unless asked
 (``backward(inputs=[...])`` or ``model.trace(..., param_grads=True)``). Each touched tensor gets a
 hook when the context starts; the hook of the tensor whose ``.grad`` the user reads pauses the
@@ -26,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..errors import GradientValueError, NestedBackwardError, NotOnPathError, OutOfOrderError
-from .patch import (NoGradError, NonScalarLossError, _translate, install_grad_patch, local, original_grad,
-                    remove_grad_patch)
-from .release import release
-from .switch import Coroutine
+from ..errors import (GradientValueError, NestedBackwardError, NoGradError, NonScalarLossError, NotOnPathError,
+                      OutOfOrderError)
+from .handoff import Handoff
+from .patches import GRAD, original_grad, translate
+from .current import local
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["BackwardContext"]
 
 
-class BackwardContext:
+class BackwardContext(Handoff):
     """One ``with loss.backward(...):`` block. Made by the patched ``Tensor.backward`` in a trace."""
 
     def __init__(self, trace: "Trace", loss: torch.Tensor, gradient: torch.Tensor | None = None,
@@ -77,63 +78,33 @@ class BackwardContext:
         self._pos: int | None = None
         self._pos_key: int | None = None
         self._want: int | None = None
-        self._current_key: int | None = None
-        self._current: torch.Tensor | None = None
-        self._co: Coroutine | None = None
         self._entered = False
 
-    # -- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> "BackwardContext":
-        if self.trace.backward is not None or local.backward is not None:
-            raise NestedBackwardError("backward contexts cannot be nested; close the open `with ....backward():` block first.")
-        self.trace.backward = self
+    # -- lifecycle (see Handoff) ----------------------------------------------------------------
+    def _setup(self) -> None:
+        if local.backward is not None:
+            raise NestedBackwardError("backward contexts cannot be nested; close the open `with ....backward():` "
+                                      "block first.")
         local.backward = self
-        install_grad_patch()
+        GRAD.acquire()
         self._entered = True
-        try:
-            self._hook(self.loss)
-            for t in self.trace.touched():
-                if t.requires_grad:
-                    self._hook(t)
-            self._co = Coroutine(self._run)
-        except BaseException as err:
-            self._cleanup()
-            release(err)
-            raise
-        return self
+        self._hook(self.loss)
+        for t in self.trace.touched():
+            if t.requires_grad:
+                self._hook(t)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            if exc_type is None:
-                self._want = None
-                while not self._co.finished:
-                    self._co.resume()
-        except BaseException as err:
-            self._cleanup()
-            release(err)
-            raise
-        self._cleanup()
-        release(exc)
-        return False
-
-    def _cleanup(self) -> None:
-        try:
-            if self._co is not None:
-                self._co.close()
-        finally:
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
-            self._tensors.clear()
-            self._current = None
-            # the loss holds the whole graph (and through it the forward's saved activations)
-            self.loss = self.gradient = None  # type: ignore[assignment]
-            self.inputs = []
-            if self._entered:
-                self.trace.backward = None
-                local.backward = None
-                remove_grad_patch()
-                self._entered = False
+    def _cleanup(self, failed: bool) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._tensors.clear()
+        # the loss holds the whole graph (and through it the forward's saved activations)
+        self.loss = self.gradient = None  # type: ignore[assignment]
+        self.inputs = []
+        if self._entered:
+            local.backward = None
+            GRAD.release()
+            self._entered = False
 
     def _run(self) -> None:
         targets = list(self._tensors.values())
@@ -147,7 +118,7 @@ class BackwardContext:
                     create_graph=self.create_graph, allow_unused=True,
                 )
         except RuntimeError as err:
-            better = _translate(err)
+            better = translate(err)
             if better is None:
                 raise
             raise better from None
@@ -172,17 +143,12 @@ class BackwardContext:
             self._pos, self._pos_key = seq, key
         if key != self._want:
             return None
-        self._current_key, self._current = key, grad.clone()
-        try:
-            self._co.pause()
-            return self._current
-        finally:
-            self._current_key, self._current = None, None
+        return self.offer(key, grad.clone())
 
     # -- the user's side ----------------------------------------------------------------------
     def intercepts(self, t: torch.Tensor) -> bool:
         """Whether ``t.grad`` means "the gradient in this backward pass" for ``t``."""
-        if self._co is None or self._co.in_child:
+        if not self._entered or self.in_child:
             return False
         # Everything but untouched leaves that require grad (parameters): their .grad keeps torch's meaning.
         return id(t) in self._tensors or not t.requires_grad or t.grad_fn is not None
@@ -197,32 +163,28 @@ class BackwardContext:
 
     def read(self, t: torch.Tensor) -> torch.Tensor:
         key = id(t)
-        if key == self._current_key:
-            return self._current
+        if key == self.current_key:
+            return self.current
         if key in self._fired:
-            raise OutOfOrderError(
-                f"the gradient of {self._label(t)} was read after the backward pass had computed it "
-                f"({self._where()}); read gradients in reverse execution order, last computed value first."
-            )
-        if self._co.finished:
+            raise self._too_late(t)
+        if self.finished:
             raise self._no_gradient(t, finished=True)
         if key not in self._tensors:
             self._check_lazy(t)
             self._hook(t)
         self._want = key
         try:
-            while self._current_key != key and not self._co.finished:
-                self._co.resume()
+            self.wait_for(lambda: self.current_key == key)
         finally:
             self._want = None
-        if self._current_key != key:
+        if self.current_key != key:
             raise self._no_gradient(t, finished=True)
-        return self._current
+        return self.current
 
     def write(self, t: torch.Tensor, value: Any) -> None:
-        if id(t) != self._current_key:
+        if id(t) != self.current_key:
             self.read(t)
-        current = self._current
+        current = self.current
         if not isinstance(value, torch.Tensor):
             raise GradientValueError(
                 f"the gradient of {self._label(t)} must be set to a tensor, got {type(value).__name__}."
@@ -234,7 +196,7 @@ class BackwardContext:
                     f"the gradient of {self._label(t)} was assigned a tensor of {what} {got}; expected {what} "
                     f"{want}, like the gradient it replaces."
                 )
-        self._current = value
+        self.replace(value)
 
     # -- diagnosis ----------------------------------------------------------------------------
     def _check_lazy(self, t: torch.Tensor) -> None:
@@ -243,13 +205,16 @@ class BackwardContext:
         seq = t.grad_fn._sequence_nr()
         if self._pos is not None and seq >= self._pos:
             if self._reaches(t):
-                raise OutOfOrderError(
-                    f"the gradient of {self._label(t)} was read after the backward pass had computed it "
-                    f"({self._where()}); read gradients in reverse execution order, last computed value first."
-                )
+                raise self._too_late(t)
             raise self._no_gradient(t)
-        if self._co.started and not self._reaches(t):
+        if self.started and not self._reaches(t):
             raise self._no_gradient(t)
+
+    def _too_late(self, t: torch.Tensor) -> OutOfOrderError:
+        return OutOfOrderError(
+            f"the gradient of {self._label(t)} was read after the backward pass had computed it "
+            f"({self._where()}); read gradients in reverse execution order, last computed value first."
+        )
 
     def _reaches(self, t: torch.Tensor) -> bool:
         """Whether the loss's graph contains ``t``'s node (walks the graph: error paths only)."""

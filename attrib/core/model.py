@@ -20,6 +20,7 @@ import torch
 from .envoy import Envoy, display_path
 from ..errors import InputError, NotInTraceError
 from .release import release
+from .current import trace_of
 from .trace import Trace
 from .values import tensors_in
 
@@ -38,7 +39,6 @@ class Model:
             raise InputError(f"attrib.Model wraps a torch.nn.Module, got {type(module).__name__}.")
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_root", Envoy(module, "", self))
-        object.__setattr__(self, "_trace", None)
         object.__setattr__(self, "_names", None)
         object.__setattr__(self, "_value_error", None)
         object.__setattr__(self, "_order", None)  # module event order learnt by the first trace
@@ -134,8 +134,8 @@ class Model:
                       doc="The root module's ``(args, kwargs)`` in the current trace.")
 
     def _active_trace(self, envoy: Envoy, kind: str) -> Trace:
-        trace = self._trace
-        if trace is None or not trace._active:
+        trace = trace_of(self)
+        if trace is None:
             raise NotInTraceError(
                 f"{envoy.path}.{kind} exists only inside `with model.trace(...):`; read it in the block "
                 "(and .save() it to keep it afterwards)."

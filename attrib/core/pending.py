@@ -9,7 +9,12 @@
 True
 
 Before that backward, the promised gradient can only be saved: any other use would compute with a
-gradient that does not exist yet, so it raises :class:`PendingGradError` instead of returning zeros.
+gradient that does not exist yet, so it raises :class:`~attrib.PendingGradError` instead of returning zeros.
+
+This form is the only reason a trace makes ``Tensor.grad`` a property outside backward contexts, and only
+until the trace's first backward: :class:`Promises` holds the :data:`~attrib.core.patches.GRAD` patch from the
+trace's start to that moment (a hook fills each promise; no ``.grad`` read is needed for that), so the rest
+of the trace runs with torch's own ``.grad``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ..errors import PendingGradError
+from ..errors import NoGradError, PendingGradError
+from .patches import GRAD
 
-__all__ = ["PendingGrad", "DeferredGrads"]
+__all__ = ["PendingGrad", "Promises"]
 
 
 class PendingGrad(torch.Tensor):
@@ -44,12 +50,22 @@ class PendingGrad(torch.Tensor):
             return func(*args, **kwargs)
 
 
-class DeferredGrads:
-    """One trace's promised gradients: a holder and a tensor hook per value."""
+class Promises:
+    """One trace's promised gradients: a holder and a tensor hook per value read before any backward."""
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[PendingGrad, Any, torch.Tensor]] = {}
-        self.backward_ran = False
+        self.open = False            # True from the trace's start to its first backward
+
+    def start(self) -> None:
+        GRAD.acquire()
+        self.open = True
+
+    def backward_started(self) -> None:
+        """The trace's first backward: from here on ``.grad`` is torch's outside contexts."""
+        if self.open:
+            self.open = False
+            GRAD.release()
 
     def get(self, tensor: torch.Tensor) -> PendingGrad | None:
         entry = self._entries.get(id(tensor))
@@ -71,11 +87,17 @@ class DeferredGrads:
         self._entries[id(tensor)] = (holder, tensor.register_hook(fill), tensor)
         return holder
 
-    def unfilled(self) -> bool:
-        return any(not holder._filled for holder, _, _ in self._entries.values())
+    def check(self) -> None:
+        """At the end of a trace: every promise was filled by some backward."""
+        if any(not holder._filled for holder, _, _ in self._entries.values()):
+            raise NoGradError(
+                "a value's .grad was read before any backward in this trace and no backward reached it "
+                "afterwards; call loss.backward() later in the same trace on a loss that depends on that "
+                "value, or read .grad inside `with loss.backward():`."
+            )
 
     def clear(self) -> None:
+        self.backward_started()
         for _, handle, _ in self._entries.values():
             handle.remove()
         self._entries.clear()
-        self.backward_ran = False

@@ -8,10 +8,11 @@
 >>> bool(out == net.module[1].bias)
 True
 
-Mechanism: one global forward hook (only while the trace is active) records which modules
-have finished, so that asking for a module the model already ran past is an
-:class:`~attrib.OutOfOrderError` rather than a hang. A value asked for gets a hook on that one
-module; the hook pauses the forward greenlet and hands the value to the user's block.
+Mechanism (:mod:`attrib.core.handoff`): the model's forward runs in a child greenlet. A module's output is
+handed over by a wrapper around its ``forward`` (an instance attribute, for this trace only), an input by a
+pre-hook added when it is asked for; the forward pauses there until the block moves on. Where the forward
+is, and so which reads come too late (:class:`~attrib.OutOfOrderError`), is kept by an
+:class:`~attrib.core.order.OrderBook`.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import AlreadyTracedError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
+from ..errors import InputError, NeverRanError, NotInTraceError, OutOfOrderError
+from .backward import BackwardContext
+from .handoff import Handoff
 from .order import OrderBook
-from .pending import DeferredGrads
-from .release import release
-from .patch import (NoGradError, install_grad_patch, install_trace_patches, local, remove_grad_patch,
-                    remove_trace_patches)
-from .switch import Coroutine
+from .patches import BACKWARD, SAVE
+from .pending import Promises
+from .current import claim, local, unclaim
 from .values import tensors_in
 
 if TYPE_CHECKING:
-    from .backward import BackwardContext
     from .model import Model
 
 __all__ = ["Trace"]
@@ -39,7 +39,7 @@ _MISSING = object()
 _KIND_OF = {"output": "output", "input": "inputs", "inputs": "inputs"}
 
 
-class Trace:
+class Trace(Handoff):
     """The lifecycle of one ``with model.trace(...):`` block. Use it through ``Model.trace``."""
 
     def __init__(self, model: "Model", args: tuple, kwargs: dict, param_grads: bool = False) -> None:
@@ -47,118 +47,81 @@ class Trace:
         self.args = args
         self.kwargs = kwargs
         self.param_grads = param_grads
-        self.saved: list[Any] = []
         self._values: dict[tuple[torch.nn.Module, str], Any] = {}
         self._book = OrderBook(model._order)
-        self._paused: tuple[torch.nn.Module, str] | None = None
         self._touched: dict[int, torch.Tensor] = {}
         self._labels: dict[int, tuple[torch.nn.Module, str, int]] = {}
-        self._co: Coroutine | None = None
         self._request_hooks: list[Any] = []
         self._wrapped: dict[torch.nn.Module, Any] = {}
         self._wanted: set[torch.nn.Module] = set()
-        self.backward: "BackwardContext | None" = None
-        self._active = False
-        self.deferred = DeferredGrads()
+        self._claimed = False
+        self.promises = Promises()
 
-    # -- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> "Trace":
-        if self.model._trace is not None:
-            raise AlreadyTracedError(
-                f"{type(self.model.module).__name__} is already being traced; finish the open "
-                "`with model.trace(...)` block before starting another on the same model."
-            )
-        self.model._trace = self
+    # -- lifecycle (see Handoff) ----------------------------------------------------------------
+    def _setup(self) -> None:
+        claim(self.model.module, type(self.model.module).__name__)
+        self._claimed = True
         local.traces.append(self)
-        install_trace_patches()
-        install_grad_patch()
-        self._active = True
-        try:
-            self._book.start()
-            for module in self.model._containers():
-                self._wrap(module)
-            self._co = Coroutine(self._forward)
-        except BaseException as err:
-            self._cleanup()
-            release(err)
-            raise
-        return self
+        BACKWARD.acquire()
+        SAVE.acquire()
+        self.promises.start()
+        self._book.start()
+        for module in self.model._containers():
+            self._wrap(module)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            if exc_type is None:
-                while not self._co.finished:
-                    self._co.resume()
-                self._learn_order()
-                self._check_deferred()
-        except BaseException as err:
-            self._cleanup(failed=True)
-            release(err)
-            raise
-        self._cleanup(failed=exc is not None)
-        release(exc)
-        return False
+    def _run(self) -> Any:
+        return self.model.module(*self.args, **self.kwargs)
 
-    def _learn_order(self) -> None:
+    def _finished(self) -> None:
         book = self._book
         if book.recording:
             self.model._order = dict(book.events)
         elif book.stale:
             self.model._order = None
+        self.promises.check()
 
-    def _cleanup(self, failed: bool = True) -> None:
-        """Remove every hook, wrapper and patch; drop the values of the pass (all of them when it failed,
-        so that nothing it allocated stays reachable through the trace)."""
-        try:
-            if self._co is not None:
-                self._co.close()
-        finally:
-            for handle in self._request_hooks:
-                handle.remove()
-            self._request_hooks.clear()
-            self._unwrap_all()
-            self._book.stop()
-            self.deferred.clear()
-            if self._active:
-                remove_grad_patch()
-                remove_trace_patches()
-                self._active = False
-            if local.traces and local.traces[-1] is self:
-                local.traces.pop()
-            self.model._trace = None
-            self.model._forget_value_error()
-            self._co = None
-            self._touched.clear()
-            self._labels.clear()
-            self._values.clear()
-            self._paused = None
-            if failed:
-                self.saved.clear()
-                self.args, self.kwargs = (), {}
+    def _cleanup(self, failed: bool) -> None:
+        """Remove every hook, wrapper and patch; drop the values of the pass (and, when it failed, its
+        arguments, so that nothing it allocated stays reachable through the trace)."""
+        for handle in self._request_hooks:
+            handle.remove()
+        self._request_hooks.clear()
+        self._unwrap_all()
+        self._book.stop()
+        self.promises.clear()
+        if self._claimed:
+            SAVE.release()
+            BACKWARD.release()
+            if self in local.traces:
+                local.traces.remove(self)
+            unclaim(self.model.module)
+            self._claimed = False
+        self.model._forget_value_error()
+        self._touched.clear()
+        self._labels.clear()
+        self._values.clear()
+        if failed:
+            self.args, self.kwargs = (), {}
 
-    # -- the pre-0.5 NNsight form: read .grad first, call .backward() later in the trace ---------
+    # -- backward contexts and the pre-0.5 form -------------------------------------------------
+    def backward_started(self) -> None:
+        """Called by the patched ``Tensor.backward``: any backward of this trace, plain or in a context."""
+        self.promises.backward_started()
+
+    def backward_context(self, loss: torch.Tensor, gradient: torch.Tensor | None, retain_graph: bool | None,
+                         create_graph: bool, inputs: Any) -> BackwardContext:
+        return BackwardContext(self, loss, gradient, retain_graph, create_graph, inputs)
+
     def defers(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor.grad`` is a promise of this trace: a value it handed out, read by the user's
         code (not the model's) before any backward of the trace ran, or already promised."""
-        if self.deferred.get(tensor) is not None:
+        if self.promises.get(tensor) is not None:
             return True
-        return (self._co is not None and not self._co.in_child and not self.deferred.backward_ran
-                and self._touched.get(id(tensor)) is tensor)
-
-    def _check_deferred(self) -> None:
-        if self.deferred.unfilled():
-            raise NoGradError(
-                "a value's .grad was read before any backward in this trace and no backward reached it "
-                "afterwards; call loss.backward() later in the same trace on a loss that depends on that "
-                "value, or read .grad inside `with loss.backward():`."
-            )
-
-    def _forward(self) -> Any:
-        return self.model.module(*self.args, **self.kwargs)
+        return self.promises.open and not self.in_child and self._touched.get(id(tensor)) is tensor
 
     # -- forward bookkeeping ------------------------------------------------------------------
     def _where(self) -> str:
-        at = self._paused[0] if self._paused else self._book.last
+        at = self.current_key[0] if self.current_key else self._book.last
         if at is None:
             return "it had not started"
         return f"it was at {self.model._path_of(at)}"
@@ -187,7 +150,7 @@ class Trace:
         if key in self._values:
             return self._pick(key, kind)
         path = f"{self.model._path_of(module)}.{kind}"
-        if self.backward is not None:
+        if local.backward is not None and local.backward.trace is self:
             raise NotInTraceError(
                 f"{path} was first read inside a backward context, after the forward pass is over; "
                 "read it in the trace before the `with ....backward():` block."
@@ -197,7 +160,7 @@ class Trace:
             "in the order the model computes them."
         )
         if self._book.passed(module, kind):
-            if self._book.recording or self._co.finished:
+            if self._book.recording or self.finished:
                 raise ran_past
             # Only the order recorded by an earlier trace says so; a model whose control flow changed its
             # module order may still call it. Go on until it runs, or the forward ends (then it ran past).
@@ -206,7 +169,7 @@ class Trace:
                 raise ran_past
             self._book.stale = True
             return self._pick(key, kind)
-        if self._co.finished:
+        if self.finished:
             raise NeverRanError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
         self._wait_for(module, key)
         if key not in self._values:
@@ -231,16 +194,14 @@ class Trace:
             self._wrap(module)
             self._wanted.add(module)
             try:
-                while key not in self._values and not self._co.finished:
-                    self._co.resume()
+                self.wait_for(lambda: key in self._values)
             finally:
                 self._wanted.discard(module)
             return
         handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
         self._request_hooks.append(handle)
         try:
-            while key not in self._values and not self._co.finished:
-                self._co.resume()
+            self.wait_for(lambda: key in self._values)
         finally:
             handle.remove()
             self._request_hooks.remove(handle)
@@ -278,41 +239,34 @@ class Trace:
         key = (module, "output")
         if key in self._values:  # a later call of the same module
             return output
-        self._values[key] = output
-        self._register(output, module, "output")
-        self._pause_at(key)
-        return self._values[key]
+        return self._hand_over(key, output, module)
 
     def _input_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
             if key in self._values:
                 return None
-            value = (args, kwargs)
-            self._values[key] = value
-            self._register(value, module, "input")
             if module not in self._wrapped:
                 # This call already looked up ``module.forward``: a wrapper would come too late for its
                 # output, but a forward hook added now is still called (a pre-hook put it on the hooked path).
                 self._request_hooks.append(module.register_forward_hook(self._output_hook))
-            self._pause_at(key)
-            new = self._values[key]
+            value = (args, kwargs)
+            new = self._hand_over(key, value, module)
             return None if new is value else new
 
         return hook
 
-    def _pause_at(self, key: tuple[torch.nn.Module, str]) -> None:
+    def _hand_over(self, key: tuple[torch.nn.Module, str], value: Any, module: torch.nn.Module) -> Any:
+        """Record the value, pause the forward at it, and return what the block left there."""
+        self._values[key] = value
+        self._register(value, module, "input" if key[1] == "inputs" else key[1])
         self._book.paused_at(*key)
-        self._paused = key
-        try:
-            self._co.pause()
-        finally:
-            self._paused = None
+        return self.offer(key, value)
 
     def write(self, module: torch.nn.Module, kind: str, value: Any) -> None:
         key = (module, _KIND_OF[kind])
         if key not in self._values:
             self.read(module, kind)
-        if self._paused != key:
+        if self.current_key != key:
             raise OutOfOrderError(
                 f"{self.model._path_of(module)}.{kind} was assigned after the model ran past it "
                 f"({self._where()}); assign a module's value right after reading it, in execution order."
@@ -335,6 +289,7 @@ class Trace:
             value = (tuple(value[0]), value[1])
         self._values[key] = value
         self._register(value, module, kind)
+        self.replace(value)
 
     @property
     def output(self) -> Any:

@@ -19,23 +19,16 @@ from __future__ import annotations
 
 import dis
 import types
+import weakref
 
 __all__ = ["called_in_with"]
 
-_cache: dict[tuple[types.CodeType, int], bool] = {}
-_offsets: dict[types.CodeType, list[dis.Instruction]] = {}
-
-
-def _instructions(code: types.CodeType) -> list[dis.Instruction]:
-    found = _offsets.get(code)
-    if found is None:
-        found = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
-        _offsets[code] = found
-    return found
+# per code object (held weakly: a code object that goes away takes its entries with it), per offset
+_hits: "weakref.WeakKeyDictionary[types.CodeType, dict[int, bool]]" = weakref.WeakKeyDictionary()
 
 
 def _next_is_with(code: types.CodeType, lasti: int) -> bool:
-    instrs = _instructions(code)
+    instrs = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
     for k, ins in enumerate(instrs):
         if ins.offset > lasti:
             if ins.opname == "BEFORE_WITH":
@@ -48,11 +41,11 @@ def _next_is_with(code: types.CodeType, lasti: int) -> bool:
 
 def called_in_with(frame: types.FrameType) -> bool:
     """True when ``frame`` is executing the call that a ``with`` statement is about to enter."""
-    key = (frame.f_code, frame.f_lasti)
-    hit = _cache.get(key)
+    code, lasti = frame.f_code, frame.f_lasti
+    seen = _hits.get(code)
+    if seen is None:
+        seen = _hits[code] = {}
+    hit = seen.get(lasti)
     if hit is None:
-        hit = _next_is_with(*key)
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[key] = hit
+        hit = seen[lasti] = _next_is_with(code, lasti)
     return hit
