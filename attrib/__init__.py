@@ -10,13 +10,14 @@
 [[1.0]]
 """
 
-from .core import LanguageModel, Model, load_demo_model, save
+from .core import Model, save
 from .errors import *  # noqa: F401,F403 - every error class is public
 from .errors import __all__ as _errors
-from .methods import (Attribution, PatchingResult, activation_patching, attribution_patching, integrated_gradients,
-                      saliency)
+from .models import LanguageModel, load_demo_model
+from .methods import activation_patching, attribution_patching, integrated_gradients, saliency
+from .results import Attribution, PatchingResult, load
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "LanguageModel", "load_demo_model", "save", "integrated_gradients", "saliency",
-           "attribution_patching", "activation_patching", "Attribution", "PatchingResult", *_errors]
+           "attribution_patching", "activation_patching", "Attribution", "PatchingResult", "load", *_errors]

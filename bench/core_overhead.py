@@ -1,6 +1,6 @@
 """Overhead of attrib's core against hand-written hooks and NNsight, on "the seed example".
 
-The seed example (``shared/spec/seed-gradients.txt``): run the model on a prompt, capture the last
+The seed example (NNsight's Gradients page; ``tests/core/test_seed.py`` runs all of its examples): run the model on a prompt, capture the last
 decoder layer's output ``h`` and the ``logits``, backpropagate ``logits.sum()`` and get the gradient
 w.r.t. ``logits`` and w.r.t. ``h``. Contestants, timed side by side in one run (interleaved
 repetitions in a shuffled order, each timed call after an untimed one of the same contestant, median of ``--reps`` after ``--warmup``; ``torch.cuda.synchronize()``

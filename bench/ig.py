@@ -8,8 +8,7 @@ Cases (random weights; nothing is downloaded):
   Llama-3.2-1B shape (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocab 128256, tied). Contestants:
 
   - ``attrib``            ``attrib.integrated_gradients(model, ids, target=42, n_steps=..., batch_size=None)``
-  - ``eager ideal``       ``shared/bench/anchors_ig.py``'s ideal, re-implemented (there it is a closure inside
-                          ``main``): one batched forward over all points of the embedding path with the
+  - ``eager ideal``       the project's anchor ideal, re-implemented here: one batched forward over all points of the embedding path with the
                           parameters frozen, ``logits[:, -1, target].sum()``, ``torch.autograd.grad`` w.r.t.
                           the path only. Like the anchor it computes every position's logits.
   - ``ideal keep-1``      the same with ``logits_to_keep=1`` (only the last position's logits, which is what
@@ -22,16 +21,16 @@ Cases (random weights; nothing is downloaded):
   token 0 is set to zero (the prompts never contain token 0). ``match``: attrib's attributions (T × d)
   against Captum's (ibs = steps) and against the eager ideal's, ``allclose`` with rtol = atol/max|ref| =
   1e-4 (float32/64) or 3e-2 (bf16/fp16); the cell shows the largest difference relative to max|ref|.
-  Goals (``shared/spec/methods.md``, ``shared/bench/README.md``): attrib / eager ideal ≤ 1.05,
+  Goals (``docs/performance.md``): attrib / eager ideal ≤ 1.05,
   attrib / best Captum ≤ 0.65.
 
 - ``matrix-smollm2``: the outputs × inputs matrix of a teacher-forced continuation (the anchor
-  ``shared/bench/anchors_llm.py``: its 40-token prompt, ``--out-tokens`` random continuation tokens,
+  the project's per-token anchor: a 40-token prompt, ``--out-tokens`` random continuation tokens,
   ``--steps`` points, SmolLM2-135M shape, the demo model's tokenizer). ``attrib.integrated_gradients(...,
   per_token=True, score="logprob")`` against Captum ``LLMGradientAttribution`` over
   ``LayerIntegratedGradients`` (one IG run per output token, ``internal_batch_size`` = steps, as in the
   anchor; its target is each token's log-probability, hence ``score="logprob"``). The tokenizer is read,
-  offline, from ``attrib.core.demo_model.demo_model_cache_dir()``; where that folder is missing the prompt
+  offline, from ``attrib.models.demo.demo_model_cache_dir()``; where that folder is missing the prompt
   is 40 random ids and Captum's column is the loop LLMGradientAttribution runs (``LayerIntegratedGradients``
   once per output token with the same forward function), which the header then says.
   Goal: Captum / attrib ≥ 10.
@@ -77,7 +76,7 @@ SHAPES = {
                     num_key_value_heads=8, vocab_size=128256),
 }
 TARGET = 42
-# The anchor's prompt (shared/bench/anchors_llm.py): 40 tokens with the SmolLM2 tokenizer.
+# The anchor's prompt: 40 tokens with the SmolLM2 tokenizer.
 PROMPT = ("In the quiet town by the river, the old clockmaker opened his shop every morning at seven, "
           "greeting the baker, the postman and the children who walked past on their way to school. ")
 
@@ -185,7 +184,7 @@ def measure_ig(shape: str, device: torch.device, dtype: torch.dtype, tokens: int
 # -- outputs × inputs matrix ---------------------------------------------------------------------
 def demo_tokenizer() -> tuple[Any, str]:
     """The demo model's tokenizer from its cache folder (offline), or (None, why not)."""
-    from attrib.core.demo_model import demo_model_cache_dir
+    from attrib.models.demo import demo_model_cache_dir
 
     folder = demo_model_cache_dir()
     if not (folder / "tokenizer_config.json").is_file():

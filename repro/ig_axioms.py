@@ -83,10 +83,11 @@ def small_completeness(device: str, steps: list[int], tolerance: float) -> list[
         x = torch.randn(4, 8, dtype=torch.float64, device=device) * 2
 
         def run(n: int) -> tuple[float, float]:
-            a = attrib.integrated_gradients(net, x, target=1, n_steps=n, method="riemann_right")
-            change = torch.tensor(a.info["f_x"]) - torch.tensor(a.info["f_baseline"])
-            worst = int((a.delta.abs().cpu() / change.abs()).argmax())     # the worst of the 4 inputs
-            return float(a.delta[worst]), float(change[worst])
+            rows = attrib.integrated_gradients(net, x, target=1, n_steps=n, method="riemann_right")  # one per input
+            delta = torch.tensor([float(r.delta) for r in rows])
+            change = torch.tensor([r.info["f_x"] - r.info["f_baseline"] for r in rows])
+            worst = int((delta.abs() / change.abs()).argmax())     # the worst of the 4 inputs
+            return float(delta[worst]), float(change[worst])
         rows += completeness_rows(name, run, steps, tolerance)
     return rows
 
@@ -97,8 +98,8 @@ def sensitivity_rows(device: str, n_steps: int) -> list[Row]:
     step = attrib.Model(torch.nn.Identity())          # the function is the callable target
     f = lambda out: 1 - torch.relu(1 - out[:, 0])  # noqa: E731
     x = torch.tensor([[2.0]], dtype=torch.float64, device=device)
-    grad = float(attrib.saliency(step, x, target=f).values[0, 0])
-    ig = float(attrib.integrated_gradients(step, x, target=f, n_steps=n_steps).values[0, 0])
+    grad = float(attrib.saliency(step, x, target=f).values[0])
+    ig = float(attrib.integrated_gradients(step, x, target=f, n_steps=n_steps).values[0])
     rows.append(("sensitivity(a): 1-ReLU(1-x), x=2, b=0", "gradient 0 (violates), IG 1",
                  f"gradient {grad + 0.0:.3g}, IG {ig:.4f}", mark(grad == 0.0 and abs(ig - 1) < 0.05)))
     # A generic MLP: baseline = input except feature 3; that feature carries f(x) - f(b).
@@ -107,17 +108,17 @@ def sensitivity_rows(device: str, n_steps: int) -> list[Row]:
     b = x.clone()
     b[0, 3] = 0.0
     a = attrib.integrated_gradients(net, x, target=0, baseline=b, n_steps=n_steps)
-    change = a.info["f_x"][0] - a.info["f_baseline"][0]
-    others = float(a.values[0, [0, 1, 2, 4, 5]].abs().max())
-    ok = abs(change) > 1e-6 and abs(float(a.values[0, 3])) > 1e-6 and others == 0.0
+    change = a.info["f_x"] - a.info["f_baseline"]
+    others = float(a.values[[0, 1, 2, 4, 5]].abs().max())
+    ok = abs(change) > 1e-6 and abs(float(a.values[3])) > 1e-6 and others == 0.0
     rows.append(("sensitivity(a): tanh MLP, x, b differ in feature 3", "feature 3 non-zero",
-                 f"f(x)-f(b) {change:+.4f}, feature 3 {float(a.values[0, 3]):+.4f}, others {others:.1g}", mark(ok)))
+                 f"f(x)-f(b) {change:+.4f}, feature 3 {float(a.values[3]):+.4f}, others {others:.1g}", mark(ok)))
     # Dummy: a network that ignores features 4..7.
     inner = mlp(4, 16, 2, torch.nn.Tanh(), 2, device)
     dummy = attrib.Model(torch.nn.Sequential(Take(4), inner))
     x = torch.randn(3, 8, dtype=torch.float64, device=device)
-    a = attrib.integrated_gradients(dummy, x, target=1, n_steps=n_steps)
-    unused, used = float(a.values[:, 4:].abs().max()), float(a.values[:, :4].abs().max())
+    values = torch.stack([r.values for r in attrib.integrated_gradients(dummy, x, target=1, n_steps=n_steps)])
+    unused, used = float(values[:, 4:].abs().max()), float(values[:, :4].abs().max())
     rows.append(("dummy: MLP ignoring features 4-7", "exactly 0 for unused features",
                  f"unused max |attr| {unused:.1g}, used max {used:.3f}", mark(unused == 0.0 and used > 0)))
     return rows
@@ -152,12 +153,14 @@ def invariance_rows(device: str, n_steps: int, tolerance: float) -> list[Row]:
     targets: list[tuple[str, int | Callable[[torch.Tensor], torch.Tensor]]] = [
         ("class 2", 2), ("callable softmax[:, 0]", lambda out: torch.softmax(out, -1)[:, 0])]
     for name, target in targets:
-        a = attrib.integrated_gradients(attrib.Model(net), x, target=target, n_steps=n_steps)
-        b = attrib.integrated_gradients(attrib.Model(twin), x, target=target, n_steps=n_steps)
-        diff = float((a.values - b.values).abs().max())
+        a = torch.stack([r.values for r in attrib.integrated_gradients(attrib.Model(net), x, target=target,
+                                                                       n_steps=n_steps)])
+        b = torch.stack([r.values for r in attrib.integrated_gradients(attrib.Model(twin), x, target=target,
+                                                                       n_steps=n_steps)])
+        diff = float((a - b).abs().max())
         rows.append((f"implementation invariance, {name}",
                      "equal attributions", f"max |diff| {diff:.1e} (outputs differ {same_out:.0e}, "
-                     f"W1 differs {param_diff:.2f}, max |attr| {float(a.values.abs().max()):.3f})",
+                     f"W1 differs {param_diff:.2f}, max |attr| {float(a.abs().max()):.3f})",
                      mark(diff <= tolerance and param_diff > 0.1)))
     return rows
 

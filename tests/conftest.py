@@ -142,3 +142,25 @@ def leakcheck():
     yield make
     for check in made:
         check.assert_clean()
+
+
+def stacked(results, field: str = "values") -> torch.Tensor:
+    """One tensor from a list of per-row results (a plain model's batch gives one result per row)."""
+    return torch.stack([getattr(r, field) for r in (results if isinstance(results, list) else [results])])
+
+
+class WordTokenizer:
+    """A tokenizer of words "w0" … "w59" (token id = the number), shaped like a Hugging Face one where attrib
+    uses it: ``tok(text)["input_ids"]``, ``add_special_tokens``, ``decode``, ``pad_token`` / ``eos_token_id``."""
+
+    pad_token = None
+    pad_token_id = None
+    eos_token_id = 2
+    padding_side = "right"
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **_) -> dict:
+        ids = [int(w[1:]) for w in text.split()]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+    def decode(self, ids) -> str:
+        return " " + " ".join(f"w{int(i)}" for i in (ids if hasattr(ids, "__iter__") else [ids]))

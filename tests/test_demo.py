@@ -7,8 +7,8 @@ import torch
 
 import attrib
 from attrib import demo as demo_script
-from attrib.core import demo_model
-from attrib.core.demo_model import demo_model_cache_dir
+from attrib.models import demo as demo_model
+from attrib.models.demo import demo_model_cache_dir
 
 
 @pytest.mark.slow

@@ -1,9 +1,8 @@
-"""The core: traces, module values, ordered backward contexts."""
+"""The core: traces, module values, ordered backward contexts, on any ``nn.Module``."""
 
 from .backward import BackwardContext
-from .demo_model import load_demo_model
-from .model import LanguageModel, Model
+from .model import Model
 from .save import save
 from .trace import Trace
 
-__all__ = ["BackwardContext", "LanguageModel", "Model", "Trace", "load_demo_model", "save"]
+__all__ = ["BackwardContext", "Model", "Trace", "save"]

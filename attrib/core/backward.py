@@ -87,6 +87,7 @@ class BackwardContext(Handoff):
                                       "block first.")
         local.backward = self
         GRAD.acquire()
+        self.trace.backward_started()     # after acquiring: the trace's hold passes on, torch.Tensor is not touched
         self._entered = True
         self._hook(self.loss)
         for t in self.trace.touched():

@@ -1,4 +1,4 @@
-"""Model wrappers: :class:`Model` for any ``nn.Module``, :class:`LanguageModel` for a HF LM + tokenizer.
+"""The model wrapper: :class:`Model` for any ``nn.Module`` (``attrib.LanguageModel`` adds a tokenizer).
 
 >>> import torch, attrib
 >>> net = attrib.Model(torch.nn.Linear(3, 1))
@@ -12,8 +12,7 @@ The wrapper is not a copy: the module's own weights, device and dtype are used.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +23,7 @@ from .current import trace_of
 from .trace import Trace
 from .values import tensors_in
 
-__all__ = ["Model", "LanguageModel"]
+__all__ = ["Model"]
 
 
 class Model:
@@ -172,81 +171,3 @@ class Model:
                     f"an input tensor of shape {tuple(t.shape)} is on {t.device}, but the model is on {device}; "
                     f"move it with .to({str(device)!r}) first."
                 )
-
-
-def _parameters(module: torch.nn.Module) -> tuple[str, ...]:
-    """Names of the parameters of ``module.forward`` (empty when they cannot be read)."""
-    try:
-        return tuple(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        return ()
-
-
-class LanguageModel(Model):
-    """A Hugging Face language model with its tokenizer.
-
-    >>> import attrib
-    >>> demo = attrib.load_demo_model(device="cpu")     # a LanguageModel around SmolLM2-135M
-    >>> model = attrib.LanguageModel(demo.module, demo.tokenizer)
-    >>> with model.trace("The capital of France is"):
-    ...     logits = model.output.logits.save()
-    >>> model.tokenizer.decode(logits[0, -1].argmax())
-    ' Paris'
-
-    Prompts may be a string, a list of strings (a left-padded batch; the attention mask is passed),
-    a ``BatchEncoding``/dict, or a tensor of token ids.
-    """
-
-    def __init__(self, hf_model: torch.nn.Module, tokenizer: Any = None) -> None:
-        super().__init__(hf_model)
-        object.__setattr__(self, "tokenizer", tokenizer)
-        if tokenizer is not None and getattr(tokenizer, "pad_token", None) is None:
-            eos = getattr(tokenizer, "eos_token", None)
-            if eos is not None:
-                tokenizer.pad_token = eos
-
-    def tokenize(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask for one prompt or a left-padded batch, on the model's device."""
-        if self.tokenizer is None:
-            raise InputError(
-                f"a text prompt was given, but this LanguageModel({type(self._module).__name__}) has no tokenizer; "
-                "pass one as attrib.LanguageModel(hf_model, tokenizer) or give token ids."
-            )
-        batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not batch:
-            raise InputError("model.trace() got an empty list of prompts; pass at least one non-empty string.")
-        for i, p in enumerate(batch):
-            if not isinstance(p, str) or not p.strip():
-                where = "the prompt" if isinstance(prompts, str) else f"prompt {i} of the list"
-                raise InputError(f"{where} is empty ({p!r}); pass text with at least one token.")
-        old_side = getattr(self.tokenizer, "padding_side", "right")
-        self.tokenizer.padding_side = "left"
-        try:
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True)
-        finally:
-            self.tokenizer.padding_side = old_side
-        if enc["input_ids"].shape[-1] == 0:
-            raise InputError(f"the prompt {prompts!r} tokenizes to no tokens; pass text with at least one token.")
-        device = self.device
-        out = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        mask = out["attention_mask"]
-        if not bool(mask.all()) and "position_ids" in _parameters(self._module):
-            # left padding: real tokens are numbered from 0 (absolute position embeddings such as GPT-2's need it)
-            out["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return out
-
-    def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            first, rest = args[0], args[1:]
-            if isinstance(first, str) or (isinstance(first, (list, tuple)) and first
-                                          and all(isinstance(x, str) for x in first)) or \
-                    (isinstance(first, (list, tuple)) and not first):
-                return rest, {**self.tokenize(first), **kwargs}
-            if isinstance(first, Mapping):
-                return rest, {**dict(first), **kwargs}
-            if isinstance(first, torch.Tensor):
-                if first.numel() == 0:
-                    raise InputError("model.trace() got an empty tensor of token ids; pass at least one token.")
-                ids = first.unsqueeze(0) if first.dim() == 1 else first
-                return rest, {"input_ids": ids, **kwargs}
-        return super()._prepare(args, kwargs)

@@ -118,9 +118,9 @@ def _backward(self: torch.Tensor, gradient=None, retain_graph=None, create_graph
     trace = current_trace()
     if trace is None:
         return plain_backward(self, gradient, retain_graph, create_graph, inputs)
-    trace.backward_started()
     if called_in_with(sys._getframe(1)):
         return trace.backward_context(self, gradient, retain_graph, create_graph, inputs)
+    trace.backward_started()
     plain_backward(self, gradient, retain_graph, create_graph, inputs)
     return None
 

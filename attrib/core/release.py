@@ -43,6 +43,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def release(err: BaseException | None) -> None:
     """Clear the finished frames of ``err``'s traceback and of every exception chained to it."""
+    if err is None:
+        return
     running = set()
     frame = sys._getframe(1)
     while frame is not None:

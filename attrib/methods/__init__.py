@@ -1,9 +1,7 @@
-"""Attribution methods, each a short function on the core."""
+"""Attribution methods: each one body on the input adapter (:mod:`attrib.methods.inputs`)."""
 
 from .integrated_gradients import integrated_gradients
-from .patching import PatchingResult, activation_patching, attribution_patching
-from .result import Attribution
+from .patching import activation_patching, attribution_patching
 from .saliency import saliency
-from .targets import Target
 
-__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "Attribution", "Target", "integrated_gradients", "saliency"]
+__all__ = ["integrated_gradients", "saliency", "attribution_patching", "activation_patching"]

@@ -7,19 +7,17 @@
 ...     _ = net.module.weight.copy_(torch.tensor([[1.0, -2.0, 3.0], [0.0, 1.0, 0.0]]))
 >>> x = torch.tensor([[2.0, 1.0, 1.0]])
 >>> saliency(net, x, target=0).values.tolist()              # d out[0] / dx: the weight's first row
-[[1.0, -2.0, 3.0]]
+[1.0, -2.0, 3.0]
 >>> saliency(net, x, target=0, mode="grad_x_input").scores.tolist()
-[[2.0, -2.0, 3.0]]
+[2.0, -2.0, 3.0]
 
-- Language models (:class:`attrib.LanguageModel`, prompts as text): the gradient is taken at the output of the
-  input embedding module. ``mode="grad"``: ``.values`` is the signed gradient (tokens × hidden) and ``.scores``
-  its L2 norm per token (Simonyan et al. 2014, "Deep Inside Convolutional Networks"). ``mode="grad_x_input"``:
-  gradient × embedding, summed per token (Shrikumar et al. 2016, "Not Just a Black Box"). A list of prompts
-  runs as one left-padded batch and gives one :class:`Attribution` per prompt, padding removed.
-- Generic modules (:class:`attrib.Model`): the gradient with respect to the float input tensor itself;
-  ``target`` is a class index (or one per row), ``None`` (each row's predicted class) or a callable on the
-  output returning (batch,) scores. ``.values`` has the input's shape; ``.scores`` is ``|values|`` (``grad``)
-  or ``values`` (``grad_x_input``), element by element.
+- Inputs, targets and results as in every method (:mod:`attrib.methods.inputs`): one result per item.
+- Language models: the gradient is taken at the output of the input embedding module. ``mode="grad"``:
+  ``.values`` is the signed gradient (tokens × hidden) and ``.scores`` its L2 norm per token (Simonyan et al.
+  2014, "Deep Inside Convolutional Networks"). ``mode="grad_x_input"``: gradient × embedding, summed per
+  token (Shrikumar et al. 2016, "Not Just a Black Box").
+- Plain models: the gradient with respect to the float input tensor itself. ``.values`` has the input's
+  shape (one row); ``.scores`` is ``|values|`` (``grad``) or ``values`` (``grad_x_input``), element by element.
 - ``smooth=N``: SmoothGrad (Smilkov et al. 2017) over N noisy copies of each input, σ = ``noise`` × (max − min)
   of that input, all copies in one batched pass; ``smooth_type="smoothgrad"`` averages the per-sample
   attributions, ``"smoothgrad_sq"`` their squares, ``"vargrad"`` takes their variance (Adebayo et al. 2018,
@@ -32,16 +30,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
+from ..core.model import Model
 from ..core.release import releasing
-from ..core.model import LanguageModel, Model
-from ..errors import MethodError, TargetError
-from .common import _accepts, embedding_envoy, first_tensor, gradient_at, lm_kwargs, prepare
-from .result import Attribution
-from .targets import SCORES
+from ..errors import MethodError
+from ..models.language import LanguageModel
+from ..results import Attribution
+from .batching import run_rows
+from .inputs import check_batch_size, prepare
+from .passes import gradient_at
 
 __all__ = ["saliency", "MODES", "SMOOTH_TYPES"]
 
@@ -50,22 +50,63 @@ SMOOTH_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
 @releasing
-def saliency(model: Model, inputs: str | Sequence[str] | torch.Tensor, *, target: Any = None,
-             contrast: Any = None, score: str = "logit", metric: Callable[[Any], torch.Tensor] | None = None,
-             mode: str = "grad", smooth: int = 0, noise: float = 0.15, smooth_type: str = "smoothgrad",
-             seed: int | None = None) -> Attribution | list[Attribution]:
+def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
+             metric: Callable[[Any], torch.Tensor] | None = None, mode: str = "grad", smooth: int = 0,
+             noise: float = 0.15, smooth_type: str = "smoothgrad", seed: int | None = None,
+             batch_size: int | None = None) -> Attribution | list[Attribution]:
     """Gradient (``mode="grad"``) or gradient × input (``"grad_x_input"``) of the target score; see the module
-    docstring. Returns one :class:`Attribution`, or a list of them for a list of prompts."""
+    docstring. ``batch_size``: rows (items × noisy samples) per pass (``None``: all, halved on out-of-memory)."""
     _check(mode, smooth, noise, smooth_type, seed)
-    options = dict(mode=mode, smooth=smooth, noise=noise, smooth_type=smooth_type, seed=seed)
-    if isinstance(model, LanguageModel):
-        if isinstance(inputs, torch.Tensor):
-            raise MethodError("saliency on an attrib.LanguageModel takes prompts as text (a string or a list of "
-                              "strings), so that the gradient is taken at the embedding layer's output.")
-        return _language(model, inputs, target, contrast, score, metric, **options)
-    if not isinstance(model, Model):
-        raise MethodError(f"saliency needs an attrib.Model or attrib.LanguageModel, got {type(model).__name__}.")
-    return _generic(model, inputs, target, contrast, score, metric, **options)
+    check_batch_size(batch_size)
+    prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
+    x = prep.x
+    if not x.is_floating_point():
+        raise MethodError(f"the input is {x.dtype}, which has no gradient; attribute to an embedding instead (for a "
+                          "language model: attrib.LanguageModel(hf_model, tokenizer)), or use integrated_gradients "
+                          "with layer=....")
+    language = isinstance(model, LanguageModel)
+    n = smooth or 1
+    valid = None
+    if language:            # σ over each prompt's own positions and its continuation, not the padding
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        for i, keep in enumerate(prep.keep):
+            valid[i, :prep.n_prompt] = False
+            valid[i, keep.to(x.device)] = True
+        valid = valid.unsqueeze(-1)
+    rows = _noisy(x, n, noise, valid, seed) if smooth else x.clone()
+
+    def run(chunk: torch.Tensor) -> torch.Tensor:
+        item = chunk // n
+        args, kwargs = prep.call(item)
+        _, grad = gradient_at(model, prep.site, rows[chunk], lambda out: prep.scores(out, item).sum(-1), args, kwargs)
+        attr = grad * rows[chunk] if mode == "grad_x_input" else grad
+        return torch.stack([attr, attr * attr], 1) if smooth else attr.unsqueeze(1)
+
+    key = ("saliency", tuple(x.shape[1:]), x.dtype)
+    sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
+                    remember=(model.module, key))
+    values = _smoothed(sums, n, smooth_type) if smooth else sums[:, 0]
+    info = {k: v for k, v in dict(mode=mode, smooth=smooth, noise=noise, smooth_type=smooth_type, seed=seed).items()
+            if v is not None}
+    results = []
+    for i in range(prep.n_items):
+        if language:
+            v = values[i, prep.keep[i].to(values.device)]
+            scores = v.sum(-1) if mode == "grad_x_input" else v.norm(dim=-1)
+        else:
+            v = values[i]
+            scores = v if mode == "grad_x_input" else v.abs()
+        results.append(Attribution(tokens=list(prep.labels[i]), scores=scores, values=v, delta=None,
+                                   target=prep.describe(i), method="saliency", info=info))
+    return results[0] if prep.single else results
+
+
+def _smoothed(sums: torch.Tensor, n: int, smooth_type: str) -> torch.Tensor:
+    """From per-item sums of the samples' attributions and of their squares (items, 2, ...)."""
+    mean, mean_sq = sums[:, 0] / n, sums[:, 1] / n
+    if smooth_type == "smoothgrad":
+        return mean
+    return mean_sq if smooth_type == "smoothgrad_sq" else mean_sq - mean * mean
 
 
 def _check(mode: str, smooth: int, noise: float, smooth_type: str, seed: int | None) -> None:
@@ -91,108 +132,3 @@ def _noisy(x: torch.Tensor, n: int, noise: float, valid: torch.Tensor | None, se
     std = sigma.repeat_interleave(n).view(-1, *(1,) * (x.dim() - 1)).expand_as(rows).contiguous()
     generator = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
     return rows + torch.normal(0.0, std, generator=generator)
-
-
-def _attribute(grad: torch.Tensor, rows: torch.Tensor, n: int, opts: dict) -> torch.Tensor:
-    """Per-sample attributions (gradient, or gradient × the input the sample saw), then smoothed over samples."""
-    attr = grad * rows if opts["mode"] == "grad_x_input" else grad
-    if not opts["smooth"]:
-        return attr
-    attr = attr.view(-1, n, *attr.shape[1:])
-    mean = attr.mean(1)
-    if opts["smooth_type"] == "smoothgrad":
-        return mean
-    mean_sq = (attr * attr).mean(1)
-    return mean_sq if opts["smooth_type"] == "smoothgrad_sq" else mean_sq - mean * mean
-
-
-def _info(opts: dict) -> dict[str, Any]:
-    return {k: v for k, v in opts.items() if v is not None}
-
-
-def _language(model: LanguageModel, prompts: str | Sequence[str], target: Any, contrast: Any, score: str,
-              metric: Callable | None, **opts: Any) -> Attribution | list[Attribution]:
-    p = prepare(model, prompts, target, contrast, score, metric)
-    embedding = embedding_envoy(model)
-    with torch.no_grad():
-        x = first_tensor(embedding.module(p.input_ids))
-    n = opts["smooth"] or 1
-    rows = _noisy(x, n, opts["noise"], p.attention_mask.bool().unsqueeze(-1), opts["seed"]) if opts["smooth"] else x
-    ids, mask = p.input_ids.repeat_interleave(n, 0), p.attention_mask.repeat_interleave(n, 0)
-    kwargs = lm_kwargs(model, ids, mask, p.n_out)
-    if _accepts(model.module, "position_ids"):  # left padding: count each row's positions from its first token
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-
-    def score_fn(output: Any) -> torch.Tensor:
-        logits = output.logits if hasattr(output, "logits") else first_tensor(output)
-        return torch.cat([t.scores(logits[i * n:(i + 1) * n]) for i, t in enumerate(p.targets)])
-
-    _, grad = gradient_at(model, embedding, rows, score_fn, (), kwargs)
-    values = _attribute(grad, rows, n, opts)
-    results = []
-    for i, tgt in enumerate(p.targets):
-        v = values[i, :p.n_prompt][~p.pad[i]]
-        scores = v.sum(-1) if opts["mode"] == "grad_x_input" else v.norm(dim=-1)
-        results.append(Attribution(tokens=p.tokens[i], scores=scores, values=v, delta=None,
-                                   target=tgt.describe(), method="saliency", info=_info(opts)))
-    return results[0] if isinstance(prompts, str) else results
-
-
-def _indices(value: Any, rows: int, what: str) -> torch.Tensor:
-    index = torch.as_tensor(value).reshape(-1)
-    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-        raise TargetError(f"{what} must be a class index (an int, or one int per input row), got {value!r}.")
-    if index.numel() not in (1, rows):
-        raise TargetError(f"{what} has {index.numel()} class indices but the input has {rows} rows; "
-                          "give one, or one per row.")
-    return index.expand(rows)
-
-
-def _generic(model: Model, x: Any, target: Any, contrast: Any, score: str, metric: Callable | None,
-             **opts: Any) -> Attribution:
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
-        raise MethodError("saliency on an attrib.Model needs a float input tensor with a batch dimension.")
-    if not x.is_floating_point():
-        raise MethodError(f"the input is {x.dtype}, which has no gradient; attribute to an embedding layer instead "
-                          "(for a language model: attrib.LanguageModel(hf_model, tokenizer) and text prompts).")
-    if score not in SCORES:
-        raise TargetError(f"score={score!r} is not one of {', '.join(SCORES)}.")
-    fn = metric if metric is not None else target if callable(target) else None
-    if fn is not None and contrast is not None:
-        raise TargetError("contrast= needs a class index target; with a callable, subtract inside the callable.")
-    n, batch = opts["smooth"] or 1, x.shape[0]
-    if fn is None and target is None:  # each row's predicted class on the clean input
-        with torch.no_grad():
-            out = model.module(x)
-        target = (out.logits if hasattr(out, "logits") else first_tensor(out)).reshape(batch, -1).argmax(-1)
-    picks = [] if fn is not None else [_indices(v, batch, w).to(x.device).repeat_interleave(n)
-                                       for v, w in ((target, "target"), (contrast, "contrast")) if v is not None]
-    rows = _noisy(x.detach(), n, opts["noise"], None, opts["seed"]) if opts["smooth"] else x.detach().clone()
-
-    def score_fn(output: Any) -> torch.Tensor:
-        if fn is not None:
-            value = fn(output)
-            if not isinstance(value, torch.Tensor) or value.shape != (rows.shape[0],):
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TargetError(f"the target callable must return a tensor of shape (batch,) = ({rows.shape[0]},), "
-                                  f"got {got}.")
-            return value
-        out = (output.logits if hasattr(output, "logits") else first_tensor(output)).reshape(rows.shape[0], -1)
-        if any(int(i.max()) >= out.shape[1] or int(i.min()) < 0 for i in picks):
-            raise TargetError(f"a target or contrast class index is outside the output's {out.shape[1]} classes.")
-        out = torch.log_softmax(out, -1) if score == "logprob" else torch.softmax(out, -1) if score == "prob" else out
-        chosen = [out.gather(1, i.view(-1, 1)).squeeze(1) for i in picks]
-        return chosen[0] - chosen[1] if len(chosen) == 2 else chosen[0]
-
-    leaf = rows.requires_grad_(True)
-    with torch.enable_grad(), model.trace(leaf):
-        given = model.input
-        scores = score_fn(model.output)
-        with scores.sum().backward():
-            grad = given.grad.save()
-    values = _attribute(grad, rows.detach(), n, opts)
-    text = "callable" if fn is not None else str(target.tolist() if isinstance(target, torch.Tensor) else target)
-    return Attribution(tokens=[str(i) for i in range(values.shape[-1])],
-                       scores=values if opts["mode"] == "grad_x_input" else values.abs(), values=values, delta=None,
-                       target=text if contrast is None else f"{text} − {contrast}", method="saliency",
-                       info=_info(opts))

@@ -1,21 +1,27 @@
-"""What an attribution explains: a target score computed from a language model's logits.
+"""What an attribution explains: a target score computed from a model's output, the same way in every method.
 
 >>> import torch
->>> from attrib.methods.targets import Target
->>> t = Target(ids=(2,), contrast_ids=None, score="logit", text="x")
->>> logits = torch.arange(12.0).reshape(1, 3, 4)          # batch 1, 3 positions, vocab 4
->>> t.scores(logits).tolist()                             # logit of token 2 at the last position
-[10.0]
+>>> from attrib.methods.targets import Target, token_scores
+>>> logits = torch.arange(12.0).reshape(1, 3, 4)          # batch 1, 3 positions, vocabulary of 4
+>>> token_scores(logits, torch.tensor([[2]]), None, "logit").tolist()   # token 2 at the last position
+[[10.0]]
 
-Conventions (shared by every method on language models):
+Conventions (every method, language models and plain models alike):
 
-- ``target=None``: the model's top next-token prediction at the last position of the prompt.
-- ``target=" Paris"`` (tokenized without special tokens) or a token id. A multi-token string is a
-  teacher-forced continuation: the prompt is extended by its tokens but the last, and its score is the
-  sum over its tokens (``per_token`` methods keep one score per token).
-- ``score``: ``"logit"`` (default), ``"logprob"`` or ``"prob"``.
+- ``target=None``: the model's top prediction at the last position (each item's own).
+- ``target=" Paris"`` (tokenized without special tokens) or a token / class id. A multi-token string (or a
+  list of ids, on a language model) is a teacher-forced continuation: the prompt is extended by its tokens but
+  the last, and its score is the sum over its tokens (``per_token`` methods keep one score per token).
+- One target for every item, or a list with one per item (a list of strings, or on a plain model one class
+  id per row).
+- ``score``: ``"logit"`` (default), ``"logprob"`` or ``"prob"``, computed in the logits' dtype promoted to
+  at least float32 (never cast down: a float64 model's probabilities stay float64).
 - ``contrast=" John"``: score(target) − score(contrast), token by token (same number of tokens).
-- ``metric=callable(logits) -> tensor[batch]``: anything else (then ``target`` only extends the prompt).
+- ``metric=callable(logits) -> tensor[batch]``: anything else (then ``target`` only extends the prompt). On a
+  plain model a callable ``target`` is the same as ``metric``.
+
+"Logits" are ``output.logits`` when the output has them, else the output's (first) tensor. A 2-D output
+(batch, classes) is one position; an output of more dimensions than 3 is flattened to (batch, 1, -1).
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import TargetError
+from ..models.sites import first_tensor
 
-__all__ = ["Target", "resolve_target", "SCORES"]
+__all__ = ["Target", "SCORES", "logits_of", "token_scores", "resolve_targets"]
 
 SCORES = ("logit", "logprob", "prob")
 
 
 @dataclass(frozen=True)
 class Target:
-    """Token ids to explain; ``scores(logits)`` turns the logits of the last positions into numbers."""
+    """Token (or class) ids to explain and how to score them."""
 
     ids: tuple[int, ...]
     contrast_ids: tuple[int, ...] | None
@@ -51,91 +58,118 @@ class Target:
         """Tokens appended to the prompt for teacher forcing (all target tokens but the last)."""
         return list(self.ids[:-1])
 
-    def _per_position(self, logits: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
-        n = len(ids)
-        last = logits[:, -n:, :].float() if self.score != "logit" else logits[:, -n:, :]
-        if self.score == "logprob":
-            last = torch.log_softmax(last, dim=-1)
-        elif self.score == "prob":
-            last = torch.softmax(last, dim=-1)
-        index = torch.tensor(ids, device=logits.device).view(1, n, 1).expand(logits.shape[0], n, 1)
-        return last.gather(-1, index).squeeze(-1)
-
-    def token_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """(batch, n_tokens): the score of each target token, from logits whose last ``n_tokens``
-        positions predict them (contrast subtracted)."""
-        out = self._per_position(logits, self.ids)
-        if self.contrast_ids is not None:
-            out = out - self._per_position(logits, self.contrast_ids)
-        return out
-
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """(batch,): the target's score, summed over its tokens, or ``metric(logits)``."""
-        if self.metric is not None:
-            value = self.metric(logits)
-            if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.shape[0] != logits.shape[0]:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TargetError(
-                    f"metric(logits) must return a tensor of shape (batch,) = ({logits.shape[0]},), got {shape}."
-                )
-            return value
-        return self.token_scores(logits).sum(-1)
-
     def describe(self) -> str:
         base = self.text if self.metric is None else "metric"
         return base if self.contrast_ids is None else f"{base!r} − {self.contrast_text!r}"
 
 
-def _tokens(tokenizer: Any, value: str | int | Sequence[int], vocab: int, what: str) -> tuple[int, ...]:
+def logits_of(output: Any) -> torch.Tensor:
+    """The scores a target reads: ``output.logits``, else the first tensor; (batch, positions, vocab)."""
+    logits = output.logits if hasattr(output, "logits") else first_tensor(output)
+    if logits.dim() == 2:
+        return logits.unsqueeze(1)
+    if logits.dim() > 3:
+        return logits.reshape(logits.shape[0], 1, -1)
+    return logits
+
+
+def token_scores(logits: torch.Tensor, ids: torch.Tensor, contrast: torch.Tensor | None, score: str) -> torch.Tensor:
+    """(rows, n): each row's score of its own ``n`` target ids at its last ``n`` positions, minus the
+    contrast's. ``logit`` keeps the logits' dtype; ``prob``/``logprob`` are computed in at least float32."""
+    n = ids.shape[1]
+    last = logits[:, -n:]
+    if score != "logit":
+        last = last.to(torch.promote_types(last.dtype, torch.float32))
+        last = torch.log_softmax(last, -1) if score == "logprob" else torch.softmax(last, -1)
+    out = last.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    if contrast is not None:
+        out = out - last.gather(-1, contrast.unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def _ids(tokenizer: Any, value: Any, vocab: int | None, what: str) -> tuple[int, ...]:
     if isinstance(value, str):
         if tokenizer is None:
             raise TargetError(f"{what}={value!r} is text, but the model has no tokenizer; pass token ids.")
-        ids = tokenizer(value, add_special_tokens=False)["input_ids"]
+        ids = list(tokenizer(value, add_special_tokens=False)["input_ids"])
         if not ids:
             raise TargetError(f"{what}={value!r} tokenizes to no tokens; pass a non-empty string or a token id.")
+    elif isinstance(value, bool):
+        raise TargetError(f"{what}={value!r} is a bool; pass a token / class id or a string.")
     elif isinstance(value, int):
         ids = [value]
     elif isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            raise TargetError(f"{what} is a {value.dtype} tensor; pass integer token / class ids.")
         ids = [int(v) for v in value.flatten().tolist()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        ids = list(value)
     else:
-        ids = [int(v) for v in value]
+        raise TargetError(f"{what}={value!r:.80} is not a string, a token / class id or a list of ids.")
     if not ids:
-        raise TargetError(f"{what} is empty; pass a string or at least one token id.")
-    bad = [i for i in ids if not 0 <= i < vocab]
+        raise TargetError(f"{what} is empty; pass a string or at least one id.")
+    bad = [i for i in ids if not 0 <= i < (vocab if vocab is not None else 2**62)]
     if bad:
-        raise TargetError(f"{what} has token id {bad[0]}, outside the vocabulary of size {vocab}.")
+        raise TargetError(f"{what} has id {bad[0]}, outside the model's {vocab} outputs.")
     return tuple(ids)
 
 
-def resolve_target(model: Any, logits_last: torch.Tensor | None, target: Any = None, contrast: Any = None,
-                   score: str = "logit", metric: Callable | None = None) -> Target:
-    """Build a :class:`Target` for a language model.
+def _per_item(value: Any, n: int, per_row_ids: bool) -> list[Any]:
+    """``value`` for each of ``n`` items: a list of one per item, or the same value for all."""
+    if isinstance(value, (list, tuple)) and len(value) == n and value and (
+            all(isinstance(v, (str, list, tuple, torch.Tensor)) for v in value) or per_row_ids):
+        return list(value)
+    if per_row_ids and isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == n and n > 1:
+        return list(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        raise TargetError(f"got {len(value)} targets for {n} inputs; give one target, or one per input.")
+    return [value] * n
 
-    ``logits_last`` (vocab,) are the logits at the prompt's last position, used when ``target`` is None.
-    """
+
+def resolve_targets(model: Any, n_items: int, last_logits: torch.Tensor | None, target: Any = None,
+                    contrast: Any = None, score: str = "logit", metric: Callable | None = None,
+                    tokenizer: Any = None, vocab: int | None = None, language: bool = True) -> list[Target]:
+    """One :class:`Target` per item. ``last_logits`` (items, vocab) are each item's last-position logits,
+    needed when ``target`` is None. On a plain model (``language=False``) a list of ids gives one per row."""
     if score not in SCORES:
         raise TargetError(f"score={score!r} is not one of {', '.join(SCORES)}.")
-    tokenizer = getattr(model, "tokenizer", None)
-    vocab = model.module.get_output_embeddings().weight.shape[0] if hasattr(model.module, "get_output_embeddings") \
-        and model.module.get_output_embeddings() is not None else model.module.config.vocab_size
-    if target is None and metric is not None:
-        return Target(ids=(), contrast_ids=None, score=score, text="metric", metric=metric)
-    if target is None:
-        if logits_last is None:
-            raise TargetError("target=None needs the model's prediction; pass a target.")
-        ids = (int(logits_last.argmax()),)
-    else:
-        ids = _tokens(tokenizer, target, vocab, "target")
-    contrast_ids = None
-    if contrast is not None:
-        contrast_ids = _tokens(tokenizer, contrast, vocab, "contrast")
-        if len(contrast_ids) != len(ids):
-            raise TargetError(
-                f"contrast={contrast!r} has {len(contrast_ids)} tokens but the target has {len(ids)}; "
-                "they are compared token by token, so give them the same length."
-            )
-    def shown(token_ids: Sequence[int]) -> str:
-        return tokenizer.decode(list(token_ids)) if tokenizer is not None else str(list(token_ids))
+    if metric is not None and not callable(metric):
+        raise TargetError(f"metric must be a callable (logits -> tensor of shape (batch,)), got {metric!r:.60}.")
+    if callable(target) and not isinstance(target, torch.Tensor):
+        if language:
+            raise TargetError("a callable target is the plain-model form; on a language model pass metric=... "
+                              "(a callable on the logits) instead.")
+        if metric is not None:
+            raise TargetError("pass either a callable target or metric=..., not both.")
+        target, metric = None, target
+    if metric is not None and contrast is not None:
+        raise TargetError("contrast= is scored by attrib; with metric=..., subtract inside the metric instead.")
 
-    return Target(ids=ids, contrast_ids=contrast_ids, score=score, text=shown(ids), metric=metric,
-                  contrast_text="" if contrast_ids is None else shown(contrast_ids))
+    def shown(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids)) if tokenizer is not None else str(list(ids) if len(ids) > 1 else ids[0])
+
+    targets = []
+    contrasts = _per_item(contrast, n_items, not language)
+    for i, value in enumerate(_per_item(target, n_items, not language)):
+        if metric is not None and value is None:
+            targets.append(Target((), None, score, "metric", metric))
+            continue
+        if value is None:
+            if last_logits is None:
+                raise TargetError("target=None needs the model's prediction; pass a target.")
+            ids = (int(last_logits[i].argmax()),)
+        else:
+            ids = _ids(tokenizer, value, vocab, "target")
+        contrast_ids = None
+        if contrasts[i] is not None:
+            contrast_ids = _ids(tokenizer, contrasts[i], vocab, "contrast")
+            if len(contrast_ids) != len(ids):
+                raise TargetError(
+                    f"contrast={contrasts[i]!r} has {len(contrast_ids)} tokens but the target has {len(ids)}; "
+                    "they are compared token by token, so give them the same length."
+                )
+        targets.append(Target(ids, contrast_ids, score, shown(ids), metric,
+                              "" if contrast_ids is None else shown(contrast_ids)))
+    if len({t.n_tokens for t in targets}) > 1:
+        raise TargetError("every input of a batch needs a target with the same number of tokens.")
+    return targets

@@ -2,7 +2,7 @@
 ``_repr_html_``. Results are read by attribute (duck typing), so this module imports no method code.
 
 >>> import torch
->>> from attrib.methods.result import Attribution
+>>> from attrib.results import Attribution
 >>> from attrib.viz.results import attribution_html
 >>> a = Attribution(tokens=["<b>", " x"], scores=torch.tensor([0.5, -1.0]), values=torch.ones(2, 3),
 ...                 delta=None, target="</div>", method="saliency")
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .colours import scale_of
-from .heatmap import layer_position_html
+from .heatmap import layer_head_figure, layer_position_figure, layer_position_html
 from ..errors import PlotError
 from .labels import quoted, token_label
 from .markup import escape, grid_html, matrix_html, token_html
@@ -27,7 +27,7 @@ from .options import HeatmapOptions, resolve, with_defaults
 from .tokens import matrix_figure, token_figure
 
 __all__ = ["attribution_title", "attribution_arrays", "attribution_html", "attribution_figure",
-           "patching_title", "patching_html", "MAX_CELLS"]
+           "patching_title", "patching_html", "patching_figure", "MAX_CELLS"]
 
 MAX_CELLS = 2000     # the largest table that a result renders inline (HTML) or draws cell by cell
 
@@ -83,6 +83,28 @@ def attribution_figure(result: Any, options: HeatmapOptions | None = None, **ove
     if rows is None:
         return token_figure(cols, scores, options)
     return matrix_figure(scores, rows, cols, options)
+
+
+def patching_figure(result: Any, component: str = "resid", position: int | None = None,
+                    options: HeatmapOptions | None = None, **overrides: Any) -> Any:
+    """A patching result's heatmap: layer × position for resid/attn/mlp; layer × head for heads, summed over
+    positions or at prompt position ``position`` (negative counts from the end)."""
+    if component not in result.scores:
+        raise PlotError(f"no scores for {component!r}; this result has {', '.join(result.scores)}.")
+    values = result.scores[component].detach().cpu().double().numpy()
+    opts = with_defaults(resolve(options, **overrides), units="Δ metric")
+    title = patching_title(result, component)
+    if component != "heads":
+        return layer_position_figure(values, result.tokens, with_defaults(opts, title=title),
+                                     positions=result.positions)
+    if position is None:
+        values, where = values.sum(-1), "summed over positions"
+    else:
+        p = position % len(result.tokens)
+        if p not in result.positions:
+            raise PlotError(f"position {position} was not patched; patched positions: {result.positions}.")
+        values, where = values[:, :, result.positions.index(p)], f"at position {p} ({result.tokens[p]!r})"
+    return layer_head_figure(values, with_defaults(opts, title=f"{title}\n{where}"))
 
 
 def patching_title(result: Any, component: str) -> str:

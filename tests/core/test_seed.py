@@ -1,4 +1,4 @@
-"""Every code example of ../shared/spec/seed-gradients.txt, run as written with only the import and the
+"""Every code example of NNsight's Gradients page (the page the project started from), run as written with only the import and the
 model changed, executed through ``exec`` (the ``with`` detection must work without source files).
 
 Transformers 5 decoder layers return a Tensor, not a tuple, so the page's ``h[-1].output[0]``

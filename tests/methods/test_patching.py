@@ -9,7 +9,8 @@ import torch
 import attrib
 from attrib.demo import IOI_CLEAN, IOI_CORRUPTED
 from attrib.errors import MethodError
-from attrib.methods.patching import PatchingResult, activation_patching, attribution_patching
+from attrib import PatchingResult
+from attrib.methods.patching import activation_patching, attribution_patching
 from tests.conftest import attn_name, layers_of, tiny_hf
 
 CLEAN = torch.tensor([[3, 14, 15, 9, 26, 5]])
@@ -297,7 +298,7 @@ def test_result_api(gpt2):
     for fig in (res.plot("resid"), res.plot("heads"), res.plot("heads", position=-1)):
         assert fig.axes[0].images
         plt.close(fig)
-    with pytest.raises(MethodError, match="was not patched"):
+    with pytest.raises(attrib.PlotError, match="was not patched"):
         activation_patching(model, CLEAN, CORRUPTED, target=TARGET, components="heads", positions=0).plot(
             "heads", position=-1)
 
@@ -323,13 +324,13 @@ def test_different_lengths_raise(gpt2, leakcheck):
 
 def test_unknown_layout_names_what_it_looked_for():
     model = linear_model()
-    with pytest.raises(MethodError) as err:
+    with pytest.raises(attrib.LayoutError) as err:
         attribution_patching(model, CLEAN, CORRUPTED, target=TARGET)
     for path in ("transformer.h", "model.layers", "gpt_neox.layers", "component_map"):
         assert path in str(err.value)
-    with pytest.raises(MethodError, match="component_map\\['mlp'\\]='ffn'"):
+    with pytest.raises(attrib.LayoutError, match="component_map\\['mlp'\\]='ffn'"):
         attribution_patching(model, CLEAN, CORRUPTED, target=TARGET, component_map={**LINEAR_MAP, "mlp": "ffn"})
-    with pytest.raises(MethodError, match="needs component_map\\['out_proj'\\]"):
+    with pytest.raises(attrib.LayoutError, match="needs component_map\\['o_proj'\\]"):
         attribution_patching(model, CLEAN, CORRUPTED, target=TARGET, component_map={"layers": "layers"},
                              components="heads")
 
@@ -345,7 +346,7 @@ def test_bad_arguments(gpt2, leakcheck):
         activation_patching(model, CLEAN, CORRUPTED, target=TARGET, positions=6)
     with pytest.raises(MethodError, match="batch_size"):
         activation_patching(model, CLEAN, CORRUPTED, target=TARGET, batch_size=0)
-    with pytest.raises(MethodError, match="batch size 1"):
+    with pytest.raises(MethodError, match="must be one prompt"):
         attribution_patching(model, torch.cat([CLEAN, CLEAN]), torch.cat([CORRUPTED, CORRUPTED]), target=TARGET)
     check.assert_clean()
 

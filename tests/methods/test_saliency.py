@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import attrib
+from tests.conftest import stacked
 from attrib.errors import MethodError
 from attrib.methods.saliency import saliency
 
@@ -135,17 +136,17 @@ def test_generic_module_matches_captum(mode):
     kwargs = {"abs": False} if mode == "grad" else {}
     expected = method(net.module).attribute(x.clone().requires_grad_(), target=1, **kwargs)
     got = saliency(net, x, target=1, mode=mode)
-    torch.testing.assert_close(got.values, expected, **TOL)
-    torch.testing.assert_close(got.scores, expected if mode == "grad_x_input" else expected.abs(), **TOL)
+    torch.testing.assert_close(stacked(got), expected, **TOL)
+    torch.testing.assert_close(stacked(got, "scores"), expected if mode == "grad_x_input" else expected.abs(), **TOL)
     with torch.no_grad():
         top = net.module(x).argmax(-1)
     expected = method(net.module).attribute(x.clone().requires_grad_(), target=top, **kwargs)
-    torch.testing.assert_close(saliency(net, x, mode=mode).values, expected, **TOL)  # target=None: predicted class
+    torch.testing.assert_close(stacked(saliency(net, x, mode=mode)), expected, **TOL)  # target=None: predicted class
     by_callable = saliency(net, x, target=lambda out: out[:, 1], mode=mode)
-    torch.testing.assert_close(by_callable.values, got.values, **TOL)
+    torch.testing.assert_close(stacked(by_callable), stacked(got), **TOL)
     expected = method(lambda z: torch.log_softmax(net.module(z), -1)).attribute(
         x.clone().requires_grad_(), target=2, **kwargs)
-    torch.testing.assert_close(saliency(net, x, target=2, score="logprob", mode=mode).values, expected, **TOL)
+    torch.testing.assert_close(stacked(saliency(net, x, target=2, score="logprob", mode=mode)), expected, **TOL)
 
 
 def test_generic_vargrad_matches_captum():
@@ -156,7 +157,7 @@ def test_generic_vargrad_matches_captum():
         expected = captum_attr.NoiseTunnel(captum_attr.Saliency(net.module)).attribute(
             x.clone(), nt_type="vargrad", nt_samples=6, stdevs=0.15 * float(x.max() - x.min()), target=2, abs=False)
     got = saliency(net, x, target=2, smooth=6, smooth_type="vargrad", seed=5)
-    torch.testing.assert_close(got.values, expected, **TOL)
+    torch.testing.assert_close(stacked(got), expected, **TOL)
 
 
 def test_linear_closed_form():
@@ -164,12 +165,12 @@ def test_linear_closed_form():
     w, v = lin.weight.detach()
     x = torch.randn(3, 4, dtype=torch.float64)
     net = attrib.Model(lin)
-    torch.testing.assert_close(saliency(net, x, target=0, contrast=1).values, (w - v).expand(3, 4), **TOL)
-    torch.testing.assert_close(saliency(net, x, target=0).values, w.expand(3, 4), **TOL)
-    torch.testing.assert_close(saliency(net, x, target=0, mode="grad_x_input").values, w * x, **TOL)
+    torch.testing.assert_close(stacked(saliency(net, x, target=0, contrast=1)), (w - v).expand(3, 4), **TOL)
+    torch.testing.assert_close(stacked(saliency(net, x, target=0)), w.expand(3, 4), **TOL)
+    torch.testing.assert_close(stacked(saliency(net, x, target=0, mode="grad_x_input")), w * x, **TOL)
     # SmoothGrad of a linear model: every sample has the same gradient, so smoothgrad = w and vargrad = 0
-    torch.testing.assert_close(saliency(net, x, target=0, smooth=4, seed=0).values, w.expand(3, 4), **TOL)
-    assert saliency(net, x, target=0, smooth=4, smooth_type="vargrad").values.abs().max() < 1e-12
+    torch.testing.assert_close(stacked(saliency(net, x, target=0, smooth=4, seed=0)), w.expand(3, 4), **TOL)
+    assert stacked(saliency(net, x, target=0, smooth=4, smooth_type="vargrad")).abs().max() < 1e-12
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def test_bad_arguments_raise(kwargs, words, tokenizer, leakcheck):
 
 def test_integer_input_without_embedding_raises():
     net = attrib.Model(torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2)))
-    with pytest.raises(MethodError, match="embedding layer"):
+    with pytest.raises(MethodError, match="attribute to an embedding"):
         saliency(net, torch.tensor([[1, 2, 3]]), target=0)
 
 

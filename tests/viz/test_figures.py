@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import attrib
-from attrib.errors import MethodError
-from attrib.methods.patching import PatchingResult
-from attrib.methods.result import Attribution
+from attrib.results import PatchingResult
+from attrib.results import Attribution
 from attrib.viz import (HeatmapOptions, layer_head_figure, layer_position_figure, matrix_figure, rgba, token_figure,
                         token_label)
 from tests.conftest import tiny_hf
@@ -167,7 +166,7 @@ def test_patching_plot_layer_head():
     purple = HeatmapOptions(cmap="PuOr_r", scale=10.0)
     np.testing.assert_allclose(r.plot("heads", options=purple).axes[0].images[0].get_array(),
                                rgba(r.scores["heads"].double().sum(-1).numpy(), purple))
-    with pytest.raises(MethodError, match="no scores for 'mlp'"):
+    with pytest.raises(attrib.PlotError, match="no scores for 'mlp'"):
         r.plot("mlp")
 
 

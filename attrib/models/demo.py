@@ -94,7 +94,7 @@ def load_demo_model(device: str | torch.device | None = None, dtype: torch.dtype
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .model import LanguageModel
+    from .language import LanguageModel
 
     target = demo_model_cache_dir()
     if not (target / "config.json").is_file():

@@ -1,0 +1,78 @@
+"""Baselines for path methods: what "absent" means at the attributed site.
+
+>>> import torch, attrib
+>>> from attrib.methods.inputs import prepare
+>>> from attrib.methods.baselines import baseline_for
+>>> prep = prepare(attrib.Model(torch.nn.Linear(3, 1)), torch.ones(2, 3), target=0)
+>>> baseline_for(prep, 0.5).tolist()
+[[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+
+- Language models (values at the input embeddings): ``"zeros"``, ``"pad"`` (the pad token's embedding,
+  else end-of-text's), a token id (its embedding), or a tensor of the prompt embeddings' shape, ``(T, d)`` or
+  ``(N, T, d)``. Only the prompt's own tokens move: padding and the target's teacher-forced continuation keep
+  their embeddings.
+- Plain models: ``"zeros"``, a number (every element), or a tensor that broadcasts to the input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import MethodError
+from ..models.language import LanguageModel
+from ..models.sites import first_tensor
+from .inputs import Inputs
+
+__all__ = ["baseline_for"]
+
+
+def _prompt_mask(prep: Inputs) -> torch.Tensor:
+    """(items, positions) True at each item's own prompt tokens."""
+    mask = torch.zeros(prep.x.shape[:2], dtype=torch.bool, device=prep.x.device)
+    for i, keep in enumerate(prep.keep):
+        mask[i, keep.to(mask.device)] = True
+    return mask
+
+
+def baseline_for(prep: Inputs, baseline: Any) -> torch.Tensor:
+    """The baseline's values at ``prep.site``, of ``prep.x``'s shape."""
+    x, model = prep.x, prep.model
+    is_number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
+    if not isinstance(model, LanguageModel):
+        if isinstance(baseline, str) and baseline == "zeros":
+            return torch.zeros_like(x)
+        if is_number:
+            return torch.full_like(x, float(baseline))
+        if isinstance(baseline, torch.Tensor):
+            try:
+                return baseline.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+            except RuntimeError:
+                raise MethodError(f"baseline has shape {tuple(baseline.shape)}; expected the inputs' shape "
+                                  f"{tuple(x.shape)} or one that broadcasts to it.") from None
+        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', a number or a tensor (a plain model's "
+                          "baseline is an input).")
+    if isinstance(baseline, str) and baseline == "zeros":
+        fill = torch.zeros_like(x)
+    elif (isinstance(baseline, str) and baseline == "pad") or (is_number and isinstance(baseline, int)):
+        token = model.pad_id if isinstance(baseline, str) else baseline
+        embedding = prep.site.envoy(model).module
+        size = embedding.weight.shape[0]
+        if not 0 <= int(token) < size:
+            raise MethodError(f"baseline token id {token} is outside the vocabulary of size {size}.")
+        with torch.no_grad():       # the module's own output (Gemma's embedding scales its rows, say)
+            row = first_tensor(embedding(torch.tensor([[int(token)]], device=x.device)))[0, 0]
+        fill = row.detach().to(x.dtype).expand_as(x)
+    elif isinstance(baseline, torch.Tensor):
+        n = prep.n_prompt
+        b = baseline.to(device=x.device, dtype=x.dtype)
+        b = b.unsqueeze(0) if b.dim() == 2 else b
+        if b.dim() != 3 or b.shape[1:] != (n, x.shape[2]) or b.shape[0] not in (1, x.shape[0]):
+            raise MethodError(f"baseline has shape {tuple(baseline.shape)}; expected the prompt embeddings' shape "
+                              f"{(x.shape[0], n, x.shape[2])} (or {(n, x.shape[2])}).")
+        fill = x.clone()
+        fill[:, :n] = b
+    else:
+        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', 'pad', a token id or a tensor.")
+    return torch.where(_prompt_mask(prep).unsqueeze(-1), fill, x)

@@ -1,0 +1,245 @@
+"""The input adapter: (model, inputs, target, contrast, score, metric) → what every method needs.
+
+>>> import torch, attrib
+>>> from attrib.methods.inputs import prepare
+>>> net = attrib.Model(torch.nn.Linear(3, 2))
+>>> prep = prepare(net, torch.ones(1, 3), target=1)
+>>> prep.site.name, tuple(prep.x.shape), prep.single, prep.targets[0].ids
+('input', (1, 3), True, (1,))
+
+One rule decides how many results a method returns: **one result per input item**. A string, a 1-D tensor of
+token ids, or a tensor / ``BatchEncoding`` with one row (``(1, T)`` ids, a plain model's ``(1, ...)`` input) is
+one item and gives one result; a list of strings, or a tensor / ``BatchEncoding`` of several rows, gives a
+list of results (also a list of one string gives a list of one).
+
+- Language models (:class:`attrib.LanguageModel`): ``inputs`` is text, a list of texts, token ids ``(T,)`` /
+  ``(N, T)``, or a ``BatchEncoding`` / dict with ``input_ids`` (and ``attention_mask``; right padding is
+  moved to the left). The attributed values are the input embeddings (site ``embed``); the prompts are
+  extended by the targets' teacher-forced continuation (for an encoder-decoder such as T5, the decoder's
+  input is the start token and the continuation).
+- Plain models (:class:`attrib.Model`): ``inputs`` is a tensor with a batch dimension; the attributed values
+  are that tensor (site ``input``). ``target`` is a class id, one per row, a callable on the output, or None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..core.model import Model
+from ..errors import InputError, MethodError, TargetError
+from ..models.language import LanguageModel
+from ..models.sites import Site, first_tensor, site
+from .targets import Target, logits_of, resolve_targets, token_scores
+
+__all__ = ["Inputs", "prepare", "check_batch_size"]
+
+
+@dataclass
+class Inputs:
+    """A batch of items ready for a method."""
+
+    model: Model
+    site: Site                       # where the attributed values live: "embed" or "input"
+    x: torch.Tensor                  # (items, ...) their values
+    targets: list[Target]            # one per item
+    labels: list[list[str]]          # per item: the labels of its positions (padding left out)
+    keep: list[torch.Tensor]         # per item: the indices along dim 1 of x that ``labels`` name
+    single: bool                     # the caller gave one item: return one result
+    ids: torch.Tensor | None         # (items, n) target ids (None for a metric)
+    contrast: torch.Tensor | None    # (items, n) contrast ids
+    call_args: Callable[[torch.Tensor], tuple[tuple, dict]]
+    output_labels: list[list[str]]   # per item: its target tokens
+    n_prompt: int = 0                # positions of the (padded) prompts in x; the rest is continuation
+
+    @property
+    def n_items(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_out(self) -> int:
+        """Target tokens per item (1 for a metric)."""
+        return 1 if self.ids is None else self.ids.shape[1]
+
+    def call(self, items: torch.Tensor) -> tuple[tuple, dict]:
+        """The forward's arguments for rows that copy ``items`` (one row per entry)."""
+        return self.call_args(items)
+
+    def scores(self, output: Any, items: torch.Tensor) -> torch.Tensor:
+        """(rows, n_out): each row's score of its item's target tokens (a metric: one column)."""
+        metric = self.targets[0].metric
+        if metric is not None:
+            logits = output.logits if hasattr(output, "logits") else first_tensor(output)
+            value = metric(logits)
+            rows = items.shape[0]
+            if not isinstance(value, torch.Tensor) or value.shape != (rows,):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TargetError(f"metric(logits) must return a tensor of shape (batch,) = ({rows},), got {got}.")
+            return value.unsqueeze(1)
+        contrast = None if self.contrast is None else self.contrast[items]
+        return token_scores(logits_of(output), self.ids[items], contrast, self.targets[0].score)
+
+    def describe(self, i: int) -> str:
+        return self.targets[i].describe()
+
+
+def check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MethodError(f"batch_size must be a positive int or None (as many rows as fit), got {batch_size!r}.")
+    return batch_size
+
+
+def prepare(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
+            metric: Callable | None = None) -> Inputs:
+    """Resolve inputs and targets once, for any method (see the module docstring)."""
+    if isinstance(model, LanguageModel):
+        return _language(model, inputs, target, contrast, score, metric)
+    if isinstance(model, Model):
+        return _plain(model, inputs, target, contrast, score, metric)
+    raise MethodError(f"model must be an attrib.Model or attrib.LanguageModel, got {type(model).__name__}; wrap "
+                      "it with attrib.Model(module) or attrib.LanguageModel(hf_model, tokenizer).")
+
+
+# -- language models ----------------------------------------------------------------------------------
+def _encode(model: LanguageModel, inputs: Any) -> tuple[dict[str, torch.Tensor], bool]:
+    """(left-padded ids and mask, one item?) for any accepted form of prompts."""
+    if isinstance(inputs, str):
+        return model.tokenize(inputs), True
+    if isinstance(inputs, (list, tuple)):
+        if inputs and all(isinstance(p, str) for p in inputs):
+            return model.tokenize(list(inputs)), False
+        raise InputError(f"a list of inputs must be a list of strings, got {inputs!r:.80}; pass token ids as a "
+                         "tensor.")
+    if isinstance(inputs, Mapping):
+        if "input_ids" not in inputs:
+            raise InputError(f"a dict of inputs needs 'input_ids' (got keys {sorted(inputs)}).")
+        ids = torch.as_tensor(inputs["input_ids"])
+        mask = inputs.get("attention_mask")
+        ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+        mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(ids.shape)
+    elif isinstance(inputs, torch.Tensor):
+        ids = inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
+        mask = torch.ones_like(ids)
+    else:
+        raise InputError(f"a language model takes text, a list of texts, token ids or a BatchEncoding, got "
+                         f"{type(inputs).__name__}.")
+    if ids.is_floating_point() or ids.is_complex() or ids.dim() != 2 or ids.numel() == 0:
+        raise InputError(f"token ids must be a non-empty integer tensor of shape (T,) or (N, T), got {ids.dtype} "
+                         f"of shape {tuple(ids.shape)}.")
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    if not bool(mask[:, -1].all()):                     # right padding: move it to the left
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        if any(not r for r in rows):
+            raise InputError("an input row has no tokens (its attention mask is all zeros).")
+        return model.pad(rows), ids.shape[0] == 1
+    return {"input_ids": ids, "attention_mask": mask.long()}, ids.shape[0] == 1
+
+
+def _vocab(model: Model) -> int | None:
+    out = getattr(model.module, "get_output_embeddings", lambda: None)()
+    if out is not None and getattr(out, "weight", None) is not None:
+        return out.weight.shape[0]
+    return getattr(getattr(model.module, "config", None), "vocab_size", None)
+
+
+def _context_length(model: Model) -> int | None:
+    config = getattr(model.module, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def token_strings(model: LanguageModel, ids: Sequence[int]) -> list[str]:
+    tok = model.tokenizer
+    return [str(int(i)) for i in ids] if tok is None else [tok.decode([int(i)]) for i in ids]
+
+
+def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: str,
+              metric: Callable | None) -> Inputs:
+    enc, single = _encode(model, inputs)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    n_items, n_prompt = ids.shape
+    seq2seq = model.is_encoder_decoder
+    start = getattr(model.module.config, "decoder_start_token_id", None) if seq2seq else None
+    if seq2seq and start is None:
+        raise InputError(f"{type(model.module).__name__} is an encoder-decoder without a decoder_start_token_id in "
+                         "its config; set it.")
+    last = None
+    if target is None and metric is None:
+        with torch.no_grad():
+            extra = {"decoder_input_ids": torch.full((n_items, 1), start, device=ids.device)} if seq2seq else {}
+            out = model.module(**model.call_kwargs(ids, mask, keep=1), **extra)
+        last = logits_of(out)[:, -1]
+    targets = resolve_targets(model, n_items, last, target, contrast, score, metric, model.tokenizer, _vocab(model))
+    cont = torch.tensor([t.continuation() for t in targets], dtype=ids.dtype, device=ids.device)
+    cont = cont.reshape(n_items, -1)
+    if seq2seq:
+        dec = torch.cat([torch.full((n_items, 1), start, dtype=ids.dtype, device=ids.device), cont], 1)
+        full_ids, full_mask = ids, mask
+    else:
+        dec = None
+        full_ids = torch.cat([ids, cont], 1)
+        full_mask = torch.cat([mask, torch.ones_like(cont)], 1)
+    limit = _context_length(model)
+    if limit is not None and full_ids.shape[1] > limit:
+        raise InputError(f"the prompt and target take {full_ids.shape[1]} tokens, more than the model's context of "
+                         f"{limit}; shorten the prompt.")
+    where = site(model, "embed")
+    with torch.no_grad():
+        x = first_tensor(where.envoy(model).module(full_ids)).detach()
+    keep = [m[:n_prompt].nonzero().flatten() for m in mask]
+    labels = [token_strings(model, row[k].tolist()) for row, k in zip(ids, keep)]
+    n_keep = 0 if targets[0].metric is not None else targets[0].n_tokens
+
+    def call_args(items: torch.Tensor) -> tuple[tuple, dict]:
+        kwargs = model.call_kwargs(full_ids[items], full_mask[items], keep=n_keep)
+        if dec is not None:
+            kwargs["decoder_input_ids"] = dec[items]
+        return (), kwargs
+
+    metric_only = targets[0].metric is not None
+    target_ids = None if metric_only else torch.tensor([t.ids for t in targets], device=ids.device)
+    contrast_ids = None if metric_only or targets[0].contrast_ids is None else \
+        torch.tensor([t.contrast_ids for t in targets], device=ids.device)
+    return Inputs(model, where, x, targets, labels, keep, single, target_ids, contrast_ids, call_args,
+                  [token_strings(model, t.ids) for t in targets], n_prompt)
+
+
+# -- plain models -------------------------------------------------------------------------------------
+def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, metric: Callable | None) -> Inputs:
+    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+        raise InputError(f"a text prompt ({inputs!r:.60}) was given to attrib.Model({type(model.module).__name__}), "
+                         "which has no tokenizer; wrap the model with attrib.LanguageModel(hf_model, tokenizer) or "
+                         "pass tensors.")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or inputs.numel() == 0:
+        got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise InputError(f"attrib.Model({type(model.module).__name__}) takes a non-empty tensor with a batch "
+                         f"dimension, got {got}.")
+    if inputs.device != model.device:
+        raise InputError(f"the input tensor is on {inputs.device}, but the model is on {model.device}; move it with "
+                         f".to({str(model.device)!r}) first.")
+    x = inputs.detach()
+    n = x.shape[0]
+    with torch.no_grad():      # the classes each row predicts (for target=None) and how many there are
+        rows = x if target is None and metric is None else x[:1]
+        last = logits_of(model.module(rows))[:, -1]
+    targets = resolve_targets(model, n, last, target, contrast, score, metric, None, last.shape[-1], language=False)
+    if targets[0].metric is None and targets[0].n_tokens != 1:
+        raise TargetError(f"target={target!r:.60}: a plain model takes one class id per row (an int, or a list of "
+                          f"{n} ints), or a callable.")
+    metric_only = targets[0].metric is not None
+    ids = None if metric_only else torch.tensor([t.ids for t in targets], device=x.device)
+    contrast_ids = None if metric_only or targets[0].contrast_ids is None else \
+        torch.tensor([t.contrast_ids for t in targets], device=x.device)
+    features = x.dim() == 2                       # tabular rows: one label per feature (token ids: the ids)
+    if features and not x.is_floating_point():
+        labels = [[str(int(v)) for v in row] for row in x]
+    else:
+        labels = [[str(i) for i in range(x.shape[1])] if features else [] for _ in range(n)]
+    keep = [torch.arange(x.shape[1]) if features else torch.zeros(0, dtype=torch.long)] * n
+    return Inputs(model, site(model, "input"), x, targets, labels, keep, n == 1, ids, contrast_ids,
+                  lambda items: ((x[items],), {}), [[t.text] for t in targets])

@@ -1,0 +1,33 @@
+"""Result types: what methods return. Each has ``top(k)``, ``to_dict()``, ``save(path)`` / ``load(path)``,
+``plot()`` and ``_repr_html_()``; :func:`load` reads any of them back.
+
+>>> import os, tempfile, torch, attrib
+>>> a = attrib.Attribution(["a", " b"], torch.tensor([1.0, -2.0]), torch.ones(2, 3), None, " c", "saliency")
+>>> path = os.path.join(tempfile.mkdtemp(), "a.safetensors")
+>>> a.save(path)
+>>> attrib.load(path).top(1)
+[(' b', -2.0)]
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ResultFileError
+from . import files
+from .attribution import Attribution
+from .base import Result
+from .patching import PatchingResult
+
+__all__ = ["Result", "Attribution", "PatchingResult", "load"]
+
+_KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult)}
+
+
+def load(path: str | os.PathLike) -> Result:
+    """Read back any result written by ``result.save(path)``."""
+    kind = files.kind_of(path)
+    if kind not in _KINDS:
+        raise ResultFileError(f"{os.fspath(path)!r} holds a {kind!r} result, which this attrib does not know; "
+                              "upgrade attrib to read it.")
+    return _KINDS[kind].load(path)

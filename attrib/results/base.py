@@ -1,0 +1,64 @@
+"""What every result shares: ``top(k)``, ``to_dict()``, ``save(path)`` / ``load(path)``, ``plot()`` and
+``_repr_html_()``.
+
+A result type lists its tensors (:meth:`Result._tensors`) and the rest of its fields as JSON-ready values
+(:meth:`Result._meta`), and is rebuilt from both (:meth:`Result._build`); saving, loading and ``to_dict``
+come from here. Drawing lives in :mod:`attrib.viz`, which reads results by attribute.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from . import files
+
+__all__ = ["Result", "jsonable"]
+
+R = TypeVar("R", bound="Result")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tensors become lists; what cannot be written becomes its repr)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+class Result:
+    """Mixin of the result dataclasses."""
+
+    KIND: ClassVar[str] = "result"
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - each result type provides it
+
+    def _meta(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover
+
+    @classmethod
+    def _build(cls: type[R], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> R:
+        raise NotImplementedError  # pragma: no cover
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists, floats, strings), e.g. for JSON."""
+        return {"kind": self.KIND, **jsonable(self._meta()),
+                **{k: jsonable(v) for k, v in self._tensors().items()}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the result to ``path``: a safetensors file with the other fields as JSON in its header."""
+        files.write(path, self.KIND, self._tensors(), jsonable(self._meta()))
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike) -> R:
+        """Read a result written by :meth:`save` (``attrib.load`` picks the type by itself)."""
+        tensors, meta = files.read(path, cls.KIND)
+        return cls._build(tensors, meta)

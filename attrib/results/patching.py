@@ -1,0 +1,99 @@
+"""The result of attribution and activation patching: a score per component, layer, position (and head).
+
+>>> import torch
+>>> from attrib.results import PatchingResult
+>>> r = PatchingResult({"resid": torch.tensor([[0.5, -2.0]])}, ["a", " b"], [0, 1], "activation_patching",
+...                    "denoise", 1.0, -1.0, " x")
+>>> r.top(1)
+[('resid', (0, 1), -2.0)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..viz.labels import quoted
+from .base import Result, jsonable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..viz.options import HeatmapOptions
+
+__all__ = ["PatchingResult"]
+
+
+@dataclass(frozen=True)
+class PatchingResult(Result):
+    """Scores of patching each component, with the metric on both prompts.
+
+    - ``scores["resid" | "attn" | "mlp"]``: (layers, positions); ``scores["heads"]``: (layers, heads, positions).
+      The positions axis covers ``positions`` (all prompt positions unless a subset was asked for).
+    - Each score estimates (attribution patching) or measures (activation patching) metric(patched) −
+      metric(receiving run): for ``denoise`` the gain from restoring that clean activation into the
+      corrupted run, for ``noise`` the change from putting the corrupted activation into the clean run.
+    """
+
+    KIND = "patching"
+
+    scores: dict[str, torch.Tensor]
+    tokens: list[str]
+    positions: list[int]
+    method: str
+    direction: str
+    metric_clean: float
+    metric_corrupted: float
+    target: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, k: int = 5) -> list[tuple[str, tuple[int, ...], float]]:
+        """The ``k`` largest-|score| entries as ``(component, index, value)``; ``index`` is (layer, position)
+        or (layer, head, position), positions being prompt positions (not axis indices)."""
+        entries: list[tuple[str, tuple[int, ...], float]] = []
+        for comp, values in self.scores.items():
+            flat = values.flatten()
+            for i in flat.abs().argsort(descending=True)[:k].tolist():
+                index = list(torch.unravel_index(torch.tensor(i), values.shape))
+                index[-1] = self.positions[int(index[-1])]
+                entries.append((comp, tuple(int(j) for j in index), float(flat[i])))
+        return sorted(entries, key=lambda e: -abs(e[2]))[:k]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists, floats, strings), e.g. for JSON; ``scores`` by component."""
+        return {"kind": self.KIND, **jsonable(self._meta()), "scores": jsonable(self.scores)}
+
+    def _meta(self) -> dict[str, Any]:
+        return {"components": list(self.scores), "tokens": list(self.tokens), "positions": list(self.positions),
+                "method": self.method, "direction": self.direction, "metric_clean": self.metric_clean,
+                "metric_corrupted": self.metric_corrupted, "target": self.target, "info": self.info}
+
+    @classmethod
+    def _build(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> "PatchingResult":
+        return cls({c: tensors[c] for c in meta["components"]}, meta["tokens"], meta["positions"], meta["method"],
+                   meta["direction"], meta["metric_clean"], meta["metric_corrupted"], meta["target"], meta["info"])
+
+    def __str__(self) -> str:
+        top = "  ".join(f"{c}{list(i)} {v:+.3f}" for c, i, v in self.top(3))
+        return (f"{self.method} ({self.direction}) for {quoted(self.target)}: metric clean {self.metric_clean:.3f}, "
+                f"corrupted {self.metric_corrupted:.3f}; top: {top}")
+
+    def plot(self, component: str = "resid", *, position: int | None = None,
+             options: HeatmapOptions | None = None, **overrides: Any) -> Figure:
+        """A matplotlib Figure, diverging and symmetric around zero: layer × position for resid/attn/mlp;
+        layer × head for heads, summed over positions or at prompt position ``position`` (negative counts
+        from the end). ``options``: an ``attrib.viz.HeatmapOptions``; ``overrides``: its fields."""
+        from ..viz.results import patching_figure
+
+        return patching_figure(self, component, position, options, **overrides)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: a summary line, the top entries and a layer × position table (escaped)."""
+        from ..viz.results import patching_html
+
+        return patching_html(self)
