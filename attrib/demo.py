@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     took = time.perf_counter() - start
     change = ig.info["f_x"] - ig.info["f_baseline"]
     print(f"\nintegrated gradients of the probability of {quoted(ig.target)} ({ig.info['n_steps']} steps, "
-          f"{ig.info['method']}, baseline {ig.info['baseline']!r}, {took:.1f} s)")
+          f"{ig.info['rule']}, baseline {ig.info['baseline']!r}, {took:.1f} s)")
     for token, value in ig.top(len(ig.tokens)):
         print(f"  {token!r:>14} {value:+9.3f}")
     print(f"completeness: sum {float(ig.scores.sum()):+.3f}, f(x) - f(baseline) {change:+.3f}, "

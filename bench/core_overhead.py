@@ -21,6 +21,10 @@ Run from the repo root (attrib need not be installed)::
 Cases: tiny-gpt2 (2 layers, d=64, random), demo (SmolLM2-135M via attrib.load_demo_model), gpt2-small
 (GPT2Config() shape, random), llama-1b (Llama-3.2-1B shape, random). Nothing is downloaded.
 Goal: attrib / hooks(pruned) <= 1.03. ``match`` checks attrib's (and the others') gradients against hooks(pruned).
+
+``--compare DIR`` adds a contestant ``attrib (DIR)``: the attrib package found in ``DIR`` (an export of an
+older commit, e.g. ``git archive REV attrib | tar -x -C DIR``), loaded under another name in the same process
+and timed in the same interleaved loop, so that a change's cost is measured against the same noise.
 """
 
 from __future__ import annotations
@@ -103,11 +107,19 @@ def build_case(name: str, device: torch.device, dtype: torch.dtype, tokens: int 
     return hf, ids, attrib.LanguageModel(hf)
 
 
-def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageModel
-                ) -> tuple[dict[str, Callable[[], Grads]], list[torch.nn.Module]]:
-    """The timed callables, and the modules whose parameters' .grad must be reset between calls."""
-    path = layers_path(hf)
-    layer = resolve(hf, path)[-1]  # type: ignore[index]
+def load_compare(folder: str):
+    """The attrib package in ``folder``, imported as ``attrib_compare`` (relative imports keep it whole)."""
+    import importlib.util
+
+    init = Path(folder) / "attrib" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("attrib_compare", init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["attrib_compare"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def seed_example(model, path: str, ids: torch.Tensor) -> Callable[[], Grads]:
     a_layer = resolve(model, path)[-1]  # type: ignore[index]
 
     def run_attrib() -> Grads:
@@ -118,6 +130,15 @@ def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageMo
                 g_logits = logits.grad.save()
                 g_h = h.grad.save()
         return g_logits, g_h
+    return run_attrib
+
+
+def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageModel, compare=None
+                ) -> tuple[dict[str, Callable[[], Grads]], list[torch.nn.Module]]:
+    """The timed callables, and the modules whose parameters' .grad must be reset between calls."""
+    path = layers_path(hf)
+    layer = resolve(hf, path)[-1]  # type: ignore[index]
+    run_attrib = seed_example(model, path, ids)
 
     def forward_with_hook() -> tuple[torch.Tensor, torch.Tensor]:
         store: list[torch.Tensor] = []
@@ -144,6 +165,8 @@ def contestants(hf: torch.nn.Module, ids: torch.Tensor, model: attrib.LanguageMo
 
     runs: dict[str, Callable[[], Grads]] = {"attrib": run_attrib, "hooks (pruned)": run_pruned,
                                             "hooks (full)": run_full}
+    if compare is not None:
+        runs["attrib (compare)"] = seed_example(compare.LanguageModel(hf), path, ids)
     if nnsight is not None:
         # NNsight(m) replaces the forward of every submodule of m with an instrumented wrapper that
         # stays in place outside its traces: give it its own copy so the other columns run plain modules.
@@ -172,10 +195,10 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
                                                  atol=rtol * float(b.float().abs().max()) + 1e-12)
 
 
-def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | None, reps: int, warmup: int
-            ) -> dict[str, str]:
+def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | None, reps: int, warmup: int,
+            compare=None) -> dict[str, str]:
     hf, ids, model = build_case(name, device, dtype, tokens)
-    runs, modules = contestants(hf, ids, model)
+    runs, modules = contestants(hf, ids, model, compare)
     params = [p for m in modules for p in m.parameters()]
 
     def reset() -> None:
@@ -192,8 +215,11 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
     def ratio(a: str, b: str) -> str:
         return f"{med[a] / med[b]:.3f}" if a in med and b in med else "–"
 
+    extra = {} if compare is None else {
+        "compare ms": cell("attrib (compare)"), "compare / hooks(pruned)": ratio("attrib (compare)", "hooks (pruned)"),
+        "attrib / compare": ratio("attrib", "attrib (compare)")}
     return {"case": name, "tokens": str(ids.shape[-1]), "dtype": str(dtype).removeprefix("torch."),
-            "attrib ms": cell("attrib"), "hooks (pruned) ms": cell("hooks (pruned)"),
+            **extra, "attrib ms": cell("attrib"), "hooks (pruned) ms": cell("hooks (pruned)"),
             "hooks (full) ms": cell("hooks (full)"), "nnsight ms": cell("nnsight") if nnsight else "n/a",
             "attrib / hooks(pruned)": ratio("attrib", "hooks (pruned)"),
             "attrib / nnsight": ratio("attrib", "nnsight"),
@@ -210,12 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 64 on CUDA, 16 on CPU)")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compare", default=None, help="a folder holding another attrib/ to time alongside")
     args = parser.parse_args(argv)
+    compare = load_compare(args.compare) if args.compare else None
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     nn_version = nnsight.__version__ if nnsight is not None else "not installed"
     print(header(device, args.reps, args.warmup, {"nnsight": nn_version}), flush=True)
-    rows = [measure(c.strip(), device, dtype, args.tokens, args.reps, args.warmup)
+    rows = [measure(c.strip(), device, dtype, args.tokens, args.reps, args.warmup, compare)
             for c in args.cases.split(",") if c.strip()]
     cols = list(rows[0])
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))

@@ -127,7 +127,7 @@ def measure_ig(shape: str, device: torch.device, dtype: torch.dtype, tokens: int
     w = torch.tensor(weights, dtype=dtype, device=device).view(-1, 1, 1)
 
     def run_attrib() -> torch.Tensor:
-        return attrib.integrated_gradients(model, ids[0], target=TARGET, n_steps=steps, method="gausslegendre",
+        return attrib.integrated_gradients(model, ids[0], target=TARGET, n_steps=steps, rule="gausslegendre",
                                            baseline="zeros", batch_size=None).values
 
     def eager_ideal(keep_all: bool) -> torch.Tensor:
@@ -215,7 +215,7 @@ def measure_matrix(device: torch.device, dtype: torch.dtype, n_out: int, steps: 
 
     def run_attrib() -> torch.Tensor:
         return attrib.integrated_gradients(model, ids, target=cont_ids, score="logprob", n_steps=steps,
-                                           method="gausslegendre", baseline="zeros", per_token=True).scores
+                                           rule="gausslegendre", baseline="zeros", per_token=True).scores
 
     runs: dict[str, Callable[[], Any]] = {"attrib": run_attrib}
     label = "Captum"

@@ -38,8 +38,9 @@ __all__ = ["integrated_gradients"]
 @releasing
 def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None,
                          score: str = "logit", metric: Callable | None = None, baseline: Any = "zeros",
-                         n_steps: int = 50, method: str = "gausslegendre", layer: str | Site | Envoy | None = None,
-                         batch_size: int | None = None, per_token: bool = False) -> Attribution | list[Attribution]:
+                         n_steps: int = 50, rule: str = "gausslegendre", layer: str | Site | Envoy | None = None,
+                         batch_size: int | None = None, per_token: bool = False,
+                         method: str | None = None) -> Attribution | list[Attribution]:
     """Integrated gradients of a target score w.r.t. the input embeddings (or a site such as ``layer``'s
     output). One result per input item (:mod:`attrib.methods.inputs`).
 
@@ -53,8 +54,10 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
       (:mod:`attrib.methods.inputs`, :mod:`attrib.methods.targets`).
     - ``baseline``: :mod:`attrib.methods.baselines` (``"zeros"``, ``"pad"``, a token id or a tensor on language
       models; ``"zeros"``, a number or a tensor on plain models).
-    - ``n_steps`` and ``method``: the quadrature rule (Captum's nodes and weights; ``gausslegendre`` never
-      evaluates the end points).
+    - ``n_steps`` and ``rule``: the quadrature (Captum's nodes and weights for ``riemann_left``,
+      ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` and ``gausslegendre``, which never evaluates
+      the end points). ``method=`` is accepted as Captum's name for ``rule`` (a result's ``.method`` is the
+      attribution method, ``"integrated_gradients"``).
     - ``layer``: a site name (``"resid_post.3"``, :mod:`attrib.models.sites`), a module path
       (``"model.layers.3"``) or an envoy: layer IG, interpolating that value between its values on the
       baseline run and on the input run.
@@ -64,7 +67,11 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     ``.values`` has the attributed value's shape per item; on a language model ``.scores`` sums it over the
     hidden dimension (one number per token), on a plain model ``.scores`` is ``.values``.
     """
-    alphas, weights = quadrature(method, n_steps)
+    if method is not None and method != rule and rule != "gausslegendre":
+        raise MethodError(f"rule={rule!r} and method={method!r} disagree; method= is Captum's name for rule=, "
+                          "pass one of them.")
+    rule = rule if method is None else method
+    alphas, weights = quadrature(rule, n_steps)
     check_batch_size(batch_size)
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
     if per_token and prep.ids is None:
@@ -83,9 +90,9 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
         b = values_at(model, [where], args, kwargs, replace=(prep.site, b_in))[0]
     n_out = prep.n_out if per_token else 1
     attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
-    _check_finite(attr, method, baseline)
+    _check_finite(attr, rule, baseline)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
-    info = {"method": method, "n_steps": len(alphas), "layer": "embeddings" if layer is None else where.name,
+    info = {"rule": rule, "n_steps": len(alphas), "layer": "embeddings" if layer is None else where.name,
             "baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor"}
     at_layer = where.name != prep.site.name
     results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, info)
@@ -172,14 +179,14 @@ def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _check_finite(attr: torch.Tensor, method: str, baseline: Any) -> None:
+def _check_finite(attr: torch.Tensor, rule: str, baseline: Any) -> None:
     if torch.isfinite(attr).all():
         return
     hint = ""
-    if method in ("riemann_left", "riemann_trapezoid"):
-        hint = (f" method={method!r} evaluates the gradient at the baseline itself, where a zero baseline makes "
+    if rule in ("riemann_left", "riemann_trapezoid"):
+        hint = (f" rule={rule!r} evaluates the gradient at the baseline itself, where a zero baseline makes "
                 "RMSNorm/LayerNorm gradients blow up")
     raise NonFiniteAttributionError(
-        f"integrated gradients produced inf/NaN attributions (baseline={baseline!r}, method={method!r}).{hint}; "
-        "use method='gausslegendre' (never evaluates the end points) or another baseline such as 'pad'."
+        f"integrated gradients produced inf/NaN attributions (baseline={baseline!r}, rule={rule!r}).{hint}; "
+        "use rule='gausslegendre' (never evaluates the end points) or another baseline such as 'pad'."
     )

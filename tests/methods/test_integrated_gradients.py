@@ -170,7 +170,7 @@ def test_non_finite_attributions_raise():
     """sqrt has an infinite gradient at 0: the left Riemann rule evaluates exactly there."""
     model = attrib.Model(torch.nn.Identity())
     score = lambda out: out.abs().sqrt().sum(-1)  # noqa: E731
-    with pytest.raises(attrib.NonFiniteAttributionError, match="use method='gausslegendre'"):
+    with pytest.raises(attrib.NonFiniteAttributionError, match="use rule='gausslegendre'"):
         attrib.integrated_gradients(model, torch.ones(1, 3), target=score, n_steps=4, method="riemann_left")
     fine = attrib.integrated_gradients(model, torch.ones(1, 3), target=score, n_steps=64)
     assert torch.isfinite(fine.values).all()
@@ -270,3 +270,12 @@ def test_layer_ig_of_a_continuation_keeps_its_positions_and_adds_up():
     assert abs(float(a.delta)) <= 1e-3 * abs(change) + 1e-9
     emb = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], n_steps=50)
     assert len(emb.tokens) == len(IDS)                                  # embeddings: only the prompt moves
+
+
+def test_rule_and_captums_name_for_it():
+    model = lm("gpt2")
+    a = attrib.integrated_gradients(model, IDS, target=7, n_steps=3, rule="riemann_right")
+    b = attrib.integrated_gradients(model, IDS, target=7, n_steps=3, method="riemann_right")
+    assert torch.equal(a.values, b.values) and a.info["rule"] == "riemann_right" and a.method == "integrated_gradients"
+    with pytest.raises(attrib.MethodError, match="disagree"):
+        attrib.integrated_gradients(model, IDS, target=7, rule="riemann_left", method="riemann_right")

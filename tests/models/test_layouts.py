@@ -172,3 +172,16 @@ def test_patching_a_prompt_into_itself_changes_nothing(family):
         for scores in result.scores.values():     # batched rows round differently from one row: 1e-12
             assert scores.abs().max() < 1e-12
     assert exact.scores["heads"].shape == (2, 4, IDS.shape[1])
+
+
+def test_saliency_of_an_encoder_decoder_is_the_gradient_at_the_encoders_embeddings():
+    torch.manual_seed(0)
+    hf = FAMILIES["t5"]().double().eval()
+    model = attrib.LanguageModel(hf)
+    embedding = hf.get_submodule(site(model, "embed").path)
+    x = embedding(IDS).detach().requires_grad_(True)
+    dec = torch.zeros(1, 1, dtype=torch.long)
+    (grad,) = torch.autograd.grad(hf(inputs_embeds=x, decoder_input_ids=dec).logits[0, -1, TARGET], x)
+    got = attrib.saliency(model, IDS, target=TARGET)
+    torch.testing.assert_close(got.values, grad[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.scores, grad[0].norm(dim=-1), rtol=1e-10, atol=1e-12)
