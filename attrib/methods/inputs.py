@@ -119,9 +119,18 @@ def _encode(model: LanguageModel, inputs: Any) -> tuple[dict[str, torch.Tensor],
         mask = inputs.get("attention_mask")
         ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
         mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(ids.shape)
+        extra = {}
+        for key, value in inputs.items():       # token_type_ids and the like travel with the ids
+            if key in ("input_ids", "attention_mask"):
+                continue
+            if not isinstance(value, torch.Tensor) or value.reshape(-1).shape[0] != ids.numel():
+                raise InputError(f"the inputs' {key!r} is not a tensor of the ids' shape {tuple(ids.shape)}; pass "
+                                 "only per-token tensors with the ids (or call the model with model.trace).")
+            extra[key] = value.reshape(ids.shape).to(model.device)
     elif isinstance(inputs, torch.Tensor):
         ids = inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
         mask = torch.ones_like(ids)
+        extra = {}
     else:
         raise InputError(f"a language model takes text, a list of texts, token ids or a BatchEncoding, got "
                          f"{type(inputs).__name__}.")
@@ -133,8 +142,14 @@ def _encode(model: LanguageModel, inputs: Any) -> tuple[dict[str, torch.Tensor],
         rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
         if any(not r for r in rows):
             raise InputError("an input row has no tokens (its attention mask is all zeros).")
-        return model.pad(rows), ids.shape[0] == 1
-    return {"input_ids": ids, "attention_mask": mask.long()}, ids.shape[0] == 1
+        enc = model.pad(rows)
+        for key, value in extra.items():
+            moved = torch.zeros_like(value)
+            for i, m in enumerate(mask.bool()):
+                moved[i, value.shape[1] - int(m.sum()):] = value[i, m]
+            enc[key] = moved
+        return enc, ids.shape[0] == 1
+    return {"input_ids": ids, "attention_mask": mask.long(), **extra}, ids.shape[0] == 1
 
 
 def _vocab(model: Model) -> int | None:
@@ -162,6 +177,7 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
               metric: Callable | None) -> Inputs:
     enc, single = _encode(model, inputs)
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     n_items, n_prompt = ids.shape
     seq2seq = model.is_encoder_decoder
     start = getattr(model.module.config, "decoder_start_token_id", None) if seq2seq else None
@@ -171,8 +187,8 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
     last = None
     if target is None and metric is None:
         with torch.no_grad():
-            extra = {"decoder_input_ids": torch.full((n_items, 1), start, device=ids.device)} if seq2seq else {}
-            out = model.module(**model.call_kwargs(ids, mask, keep=1), **extra)
+            first_dec = {"decoder_input_ids": torch.full((n_items, 1), start, device=ids.device)} if seq2seq else {}
+            out = model.module(**{**model.call_kwargs(ids, mask, keep=1), **first_dec, **extra})
         last = logits_of(out)[:, -1]
     targets = resolve_targets(model, n_items, last, target, contrast, score, metric, model.tokenizer, _vocab(model))
     cont = torch.tensor([t.continuation() for t in targets], dtype=ids.dtype, device=ids.device)
@@ -184,6 +200,10 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
         dec = None
         full_ids = torch.cat([ids, cont], 1)
         full_mask = torch.cat([mask, torch.ones_like(cont)], 1)
+        n_cont = cont.shape[1]
+        for key, value in extra.items():    # continue each per-token input over the continuation
+            step = torch.arange(1, n_cont + 1, device=value.device) if key == "position_ids" else 0
+            extra[key] = torch.cat([value, value[:, -1:].expand(-1, n_cont) + step], 1)
     limit = _context_length(model)
     if limit is not None and full_ids.shape[1] > limit:
         raise InputError(f"the prompt and target take {full_ids.shape[1]} tokens, more than the model's context of "
@@ -196,7 +216,8 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
     n_keep = 0 if targets[0].metric is not None else targets[0].n_tokens
 
     def call_args(items: torch.Tensor) -> tuple[tuple, dict]:
-        kwargs = model.call_kwargs(full_ids[items], full_mask[items], keep=n_keep)
+        kwargs = {**model.call_kwargs(full_ids[items], full_mask[items], keep=n_keep),
+                  **{k: v[items] for k, v in extra.items()}}
         if dec is not None:
             kwargs["decoder_input_ids"] = dec[items]
         return (), kwargs
@@ -215,10 +236,10 @@ def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, me
         raise InputError(f"a text prompt ({inputs!r:.60}) was given to attrib.Model({type(model.module).__name__}), "
                          "which has no tokenizer; wrap the model with attrib.LanguageModel(hf_model, tokenizer) or "
                          "pass tensors.")
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or inputs.numel() == 0:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.numel() == 0:
         got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise InputError(f"attrib.Model({type(model.module).__name__}) takes a non-empty tensor with a batch "
-                         f"dimension, got {got}.")
+                         f"dimension first, got {got}; for one input of shape {got[6:] or '(...)'} pass x[None].")
     if inputs.device != model.device:
         raise InputError(f"the input tensor is on {inputs.device}, but the model is on {model.device}; move it with "
                          f".to({str(model.device)!r}) first.")

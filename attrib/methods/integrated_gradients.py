@@ -88,6 +88,10 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
         args, kwargs = prep.call(everything)
         x = values_at(model, [where], args, kwargs)[0]
         b = values_at(model, [where], args, kwargs, replace=(prep.site, b_in))[0]
+        if isinstance(model, LanguageModel) and (x.dim() < 3 or x.shape[1] < prep.n_prompt):
+            raise MethodError(f"layer={where.name!r} has a value of shape {tuple(x.shape)}, not one vector per "
+                              f"position of the {prep.n_prompt}-token prompt (the head computes only the last "
+                              "positions); attribute to a site before it, e.g. 'resid_post.-1'.")
     n_out = prep.n_out if per_token else 1
     attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
     _check_finite(attr, rule, baseline)

@@ -69,12 +69,18 @@ class _Pair:
     sites: dict[Key, Site]
     n_layers: int
     n_heads: int
-    positions: list[int]
+    positions: list[int]             # prompt positions (of ``clean.labels[0]``): the result's positions axis
     direction: str
 
     @property
     def model(self) -> Model:
         return self.clean.model
+
+    @property
+    def at(self) -> list[int]:
+        """The positions' indices in the model's input (after any padding; never the target's continuation)."""
+        keep = self.clean.keep[0].tolist()
+        return [keep[p] for p in self.positions]
 
     def source_receiving(self) -> tuple[Inputs, Inputs]:
         return (self.clean, self.corrupted) if self.direction == "denoise" else (self.corrupted, self.clean)
@@ -130,10 +136,10 @@ def _pair(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, 
                 contrast=None if t.contrast_ids is None else list(t.contrast_ids), score=score, metric=metric)
     if not b.single:
         raise MethodError(f"corrupted must be one prompt, got {b.n_items}; patch pairs one at a time.")
-    if a.x.shape != b.x.shape:
+    if a.x.shape != b.x.shape or not torch.equal(a.keep[0].cpu(), b.keep[0].cpu()):
         raise MethodError(
             f"clean and corrupted must have the same number of tokens so that positions correspond: clean has "
-            f"{a.x.shape[1]} {a.labels[0]}, corrupted has {b.x.shape[1]} {b.labels[0]}; reword one of them (e.g. "
+            f"{len(a.labels[0])} {a.labels[0]}, corrupted has {len(b.labels[0])} {b.labels[0]}; reword one of them (e.g. "
             "names that are one token each)."
         )
     layout = layout_for(model, component_map)
@@ -143,7 +149,7 @@ def _pair(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, 
     if "heads" in comps and not n_heads:
         raise MethodError("component 'heads' needs the number of attention heads: the model's config has none; "
                           "pass component_map={..., 'n_heads': ...}.")
-    return _Pair(a, b, comps, sites, n_layers, n_heads, _positions(positions, a.x.shape[1]), direction)
+    return _Pair(a, b, comps, sites, n_layers, n_heads, _positions(positions, len(a.labels[0])), direction)
 
 
 def _collect(pair: _Pair, inputs: Inputs, keys: Sequence[Key]) -> tuple[dict[Key, torch.Tensor], float]:
@@ -154,6 +160,15 @@ def _collect(pair: _Pair, inputs: Inputs, keys: Sequence[Key]) -> tuple[dict[Key
         values = {key: pair.sites[key].read(model).save() for key in pair.ordered(keys)}
         metric = inputs.scores(model.output, one).sum(-1).save()
     return values, float(metric[0])
+
+
+def _by_position(where: Site, value: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """``value`` if it is (rows, positions, ...), else a clear error (a module that flattens positions)."""
+    if value.dim() < 3 or value.shape[1] != inputs.x.shape[1]:
+        raise MethodError(f"{where.name} ({where.path}) has a value of shape {tuple(value.shape)}, not (rows, "
+                          f"{inputs.x.shape[1]} positions, ...): its module flattens the positions; pass "
+                          "'flat_mlp': True in component_map, or give another module.")
+    return value
 
 
 def _dot(site_: Site, diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -195,22 +210,23 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     source, receiving = pair.source_receiving()
     keys = list(pair.sites)
     other, m_source = _collect(pair, source, keys)
-    needs_leaf = not any(p.requires_grad for p in model.module.parameters())
     acc = torch.float64 if model.dtype == torch.float64 else torch.float32
     one = torch.zeros(1, dtype=torch.long, device=receiving.x.device)
     args, kwargs = receiving.call(one)
     dots: dict[Key, torch.Tensor] = {}
     first = site(model, "resid_pre.0", component_map)
     with torch.enable_grad(), model.trace(*args, **kwargs):
-        if needs_leaf:  # frozen weights: let gradients start at the first layer's input
-            first.write(model, first.read(model).detach().requires_grad_(True))
+        # gradients start at the first layer's input, whatever parameters are frozen
+        first.write(model, first.read(model).detach().requires_grad_(True))
         acts = [(key, pair.sites[key].module_value(model)) for key in pair.ordered(keys)]
+        for key, act in acts:
+            _by_position(pair.sites[key], pair.sites[key].take(act), receiving)
         m_recv = receiving.scores(model.output, one).sum(-1)
         with m_recv.sum().backward():
             for key, act in reversed(acts):
                 where = pair.sites[key]
                 diff = other[key].to(act.dtype) - where.take(act.detach())
-                dots[key] = _dot(where, diff, where.take(act.grad), acc)[..., pair.positions].save()
+                dots[key] = _dot(where, diff, where.take(act.grad), acc)[..., pair.at].save()
         m_recv = m_recv.detach().save()
     scores = {c: torch.stack([dots[(c, layer)] for layer in range(pair.n_layers)]).cpu() for c in pair.components}
     m_clean, m_corr = pair.metrics(m_source, float(m_recv[0]))
@@ -255,12 +271,12 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     source, receiving = pair.source_receiving()
     sources, m_source = _collect(pair, source, list(pair.sites))
     _, m_recv = _collect(pair, receiving, [])
-    comps, pos = pair.components, pair.positions
-    rows: list[tuple[int, int, int, int]] = []      # (component, layer, head or -1, position)
+    comps, pos, at = pair.components, pair.positions, pair.at
+    rows: list[tuple[int, int, int, int]] = []      # (component, layer, head or -1, position in the input)
     for c_id, c in enumerate(comps):
         for layer in range(pair.n_layers):
             for h in (range(pair.n_heads) if c == "heads" else (-1,)):
-                rows.extend((c_id, layer, h, p) for p in pos)
+                rows.extend((c_id, layer, h, p) for p in at)
     plan = torch.tensor(rows, dtype=torch.long)
     values = torch.empty(len(rows), dtype=torch.float64)
     size = min(len(rows), batch_size or _default_batch(model.device, receiving.x.shape[1]))
@@ -270,7 +286,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
         try:
             values[start:start + len(chunk)] = _patched(pair, receiving, sources, chunk) - m_recv
         except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
-            if is_oom(err) and size > 1:
+            if is_oom(err) and size > 1 and batch_size is None:     # a size the caller chose is kept
                 free_after_oom(err, model.device)
                 size //= 2
                 continue
@@ -300,7 +316,7 @@ def _patched(pair: _Pair, receiving: Inputs, sources: dict[Key, torch.Tensor], c
     with torch.no_grad(), model.trace(*args, **kwargs):
         for key in pair.ordered(groups):
             where, rows = pair.sites[key], groups[key].to(device)
-            new = where.read(model).clone()
+            new = _by_position(where, where.read(model), receiving).clone()
             source = sources[key].to(new.dtype)
             at = chunk[groups[key], 3].to(device)
             if key[0] == "heads":

@@ -80,6 +80,7 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
         args, kwargs = prep.call(item)
         _, grad = gradient_at(model, prep.site, rows[chunk], lambda out: prep.scores(out, item).sum(-1), args, kwargs)
         attr = grad * rows[chunk] if mode == "grad_x_input" else grad
+        attr = attr.to(torch.promote_types(attr.dtype, torch.float32))   # sums (and squares) in >= float32
         return torch.stack([attr, attr * attr], 1) if smooth else attr.unsqueeze(1)
 
     key = ("saliency", tuple(x.shape[1:]), x.dtype)

@@ -144,6 +144,12 @@ def resolve_targets(model: Any, n_items: int, last_logits: torch.Tensor | None, 
         target, metric = None, target
     if metric is not None and contrast is not None:
         raise TargetError("contrast= is scored by attrib; with metric=..., subtract inside the metric instead.")
+    if metric is not None and score != "logit":
+        raise TargetError(f"score={score!r} scores a target; with metric=..., compute the probability inside the "
+                          "metric instead.")
+    if metric is not None and target is not None and not language:
+        raise TargetError("a plain model's metric is the whole score: pass target=... or metric=..., not both (on a "
+                          "language model a target with a metric extends the prompt).")
 
     def shown(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids)) if tokenizer is not None else str(list(ids) if len(ids) > 1 else ids[0])

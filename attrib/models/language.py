@@ -115,7 +115,12 @@ class LanguageModel(Model):
                 enc = self.tokenize(first)
                 return rest, {**self.call_kwargs(enc["input_ids"], enc["attention_mask"]), **kwargs}
             if isinstance(first, Mapping):
-                return rest, {**dict(first), **kwargs}
+                given = dict(first)
+                if "input_ids" in given and given.get("attention_mask") is not None:   # left padding: position ids
+                    given = {**self.call_kwargs(given["input_ids"], given["attention_mask"]), **given}
+                    if "use_cache" not in first:
+                        given.pop("use_cache", None)
+                return rest, {**given, **kwargs}
             if isinstance(first, torch.Tensor):
                 if first.numel() == 0:
                     raise InputError("model.trace() got an empty tensor of token ids; pass at least one token.")

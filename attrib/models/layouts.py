@@ -120,11 +120,18 @@ def _bare(layout: Layout) -> Layout:
     return replace(layout, layers=strip(layout.layers), embed=strip(layout.embed))
 
 
+# Older transformers names of a family's modules, tried after the current ones.
+_OLDER: dict[str, tuple[Layout, ...]] = {
+    "mixtral": (replace(LAYOUTS["mixtral"], mlp="block_sparse_moe"),),      # transformers 4.x
+}
+
+
 def layout_of(module: torch.nn.Module) -> Layout:
     """The layout of ``module``: its family's by ``config.model_type``, else the first known one that fits."""
     config = getattr(module, "config", None)
     model_type = getattr(config, "model_type", None)
-    candidates = [LAYOUTS[model_type]] if model_type in LAYOUTS else list(LAYOUTS.values())
+    candidates = [LAYOUTS[model_type], *_OLDER.get(model_type, ())] if model_type in LAYOUTS \
+        else list(LAYOUTS.values())
     for layout in candidates:
         for variant in (layout, _bare(layout)):
             if _fits(module, variant):
@@ -137,7 +144,8 @@ def layout_of(module: torch.nn.Module) -> Layout:
     )
 
 
-_MAP_KEYS = ("layers", "embed", "attn", "mlp", "o_proj", "out_proj", "qkv", "fused", "n_heads", "n_kv_heads")
+_MAP_KEYS = ("layers", "embed", "attn", "mlp", "o_proj", "out_proj", "qkv", "fused", "n_heads", "n_kv_heads",
+             "flat_mlp")
 
 
 def from_map(module: torch.nn.Module, component_map: Mapping[str, Any]) -> Layout:

@@ -32,7 +32,8 @@ FORMAT = 1
 
 def write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     header = json.dumps({"kind": kind, "format": FORMAT, **meta}, allow_nan=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.fspath(path),
+    # each tensor on its own storage: a result's fields may share one (a plain model's scores are its values)
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, os.fspath(path),
               metadata={"attrib": header})
 
 
