@@ -164,3 +164,16 @@ class WordTokenizer:
 
     def decode(self, ids) -> str:
         return " " + " ".join(f"w{int(i)}" for i in (ids if hasattr(ids, "__iter__") else [ids]))
+
+
+@pytest.fixture
+def no_gc():
+    """The cycle collector off for the test: only reference counting may free a pass's tensors."""
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -21,6 +21,7 @@ block is released (:mod:`attrib.core.release`) so that nothing the computation a
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Hashable
 
 from .release import release
@@ -31,7 +32,7 @@ __all__ = ["Handoff"]
 _NONE = object()
 
 
-class Handoff:
+class Handoff(abc.ABC):
     """Base of :class:`~attrib.core.trace.Trace` and :class:`~attrib.core.backward.BackwardContext`."""
 
     _co: Coroutine | None = None
@@ -40,9 +41,9 @@ class Handoff:
     result: Any = None
 
     # -- what a subclass provides -------------------------------------------------------------------
+    @abc.abstractmethod
     def _run(self) -> Any:
         """The computation, run in the child; calls :meth:`offer` at each value it hands over."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def _setup(self) -> None:
         """Install what the computation needs (hooks, patches) before it starts."""

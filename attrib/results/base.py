@@ -8,6 +8,7 @@ come from here. Drawing lives in :mod:`attrib.viz`, which reads results by attri
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any, ClassVar, TypeVar
 
@@ -33,20 +34,24 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class Result:
-    """Mixin of the result dataclasses."""
+class Result(abc.ABC):
+    """Base of the result dataclasses: each says which fields are tensors, which are JSON, and how to
+    rebuild itself from both."""
 
     KIND: ClassVar[str] = "result"
 
+    @abc.abstractmethod
     def _tensors(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - each result type provides it
+        """The result's tensors, by name."""
 
+    @abc.abstractmethod
     def _meta(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover
+        """The result's other fields, JSON-ready."""
 
     @classmethod
+    @abc.abstractmethod
     def _build(cls: type[R], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> R:
-        raise NotImplementedError  # pragma: no cover
+        """The result from what :meth:`_tensors` and :meth:`_meta` gave."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (lists, floats, strings), e.g. for JSON."""

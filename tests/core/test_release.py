@@ -3,7 +3,6 @@ collector: errors in the model, in the user's block, in a backward and in a back
 
 from __future__ import annotations
 
-import gc
 import weakref
 
 import pytest
@@ -17,19 +16,6 @@ from ..conftest import tiny_hf
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def no_gc():
-    """The cycle collector off for the test: only reference counting may free the pass's tensors."""
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def first(output):

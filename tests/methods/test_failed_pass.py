@@ -12,7 +12,7 @@ import torch
 import attrib
 
 from ..conftest import tiny_hf
-from ..core.test_release import Boom, Probe, no_gc  # noqa: F401 - the fixture
+from ..core.test_release import Boom, Probe
 
 CLEAN, CORRUPTED = torch.tensor([[3, 14, 15, 9, 26, 5]]), torch.tensor([[3, 14, 7, 9, 26, 5]])
 
