@@ -20,7 +20,9 @@ Run from the repo root (attrib need not be installed)::
 
 Cases: tiny-gpt2 (2 layers, d=64, random), demo (SmolLM2-135M via attrib.load_demo_model), gpt2-small
 (GPT2Config() shape, random), llama-1b (Llama-3.2-1B shape, random). Nothing is downloaded.
-Goal: attrib / hooks(pruned) <= 1.03. ``match`` checks attrib's (and the others') gradients against hooks(pruned).
+Goal: attrib / hooks(pruned) <= 1.03, read as the paired ratio: the median over repetitions of attrib's time
+over the hooks' time in the same repetition, with its 95% confidence interval (``bench.harness.paired``); the
+ratio of the two medians is printed beside it. ``match`` checks attrib's (and the others') gradients against hooks(pruned).
 
 ``--compare DIR`` adds a contestant ``attrib (DIR)``: the attrib package found in ``DIR`` (an export of an
 older commit, e.g. ``git archive REV attrib | tar -x -C DIR``), loaded under another name in the same process
@@ -49,7 +51,7 @@ except ImportError:  # nnsight is optional
     nnsight = None  # type: ignore[assignment]
 
 import attrib  # noqa: E402
-from bench.harness import cell as harness_cell, header, time_contestants  # noqa: E402
+from bench.harness import cell as harness_cell, header, paired, time_contestants  # noqa: E402
 
 Grads = tuple[torch.Tensor, torch.Tensor]  # (d logits, d h)
 DEFAULT_CASES = "tiny-gpt2,demo"
@@ -205,7 +207,8 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
         for p in params:
             p.grad = None
 
-    med, failed, first = time_contestants(runs, device, reps, warmup, before=reset)
+    raw: dict[str, list[float]] = {}
+    med, failed, first = time_contestants(runs, device, reps, warmup, before=reset, raw=raw)
     ref = first.get("hooks (pruned)")
     mismatch = [k for k, g in first.items() if ref is not None and not (close(g[0], ref[0]) and close(g[1], ref[1]))]
 
@@ -215,13 +218,18 @@ def measure(name: str, device: torch.device, dtype: torch.dtype, tokens: int | N
     def ratio(a: str, b: str) -> str:
         return f"{med[a] / med[b]:.3f}" if a in med and b in med else "–"
 
+    def pair(a: str, b: str) -> str:
+        got = paired(raw, a, b) if a in med and b in med else None
+        return "–" if got is None else f"{got[0]:.3f} [{got[1]:.3f}, {got[2]:.3f}]"
+
     extra = {} if compare is None else {
-        "compare ms": cell("attrib (compare)"), "compare / hooks(pruned)": ratio("attrib (compare)", "hooks (pruned)"),
-        "attrib / compare": ratio("attrib", "attrib (compare)")}
+        "compare ms": cell("attrib (compare)"), "compare / hooks(pruned), paired": pair("attrib (compare)", "hooks (pruned)"),
+        "attrib / compare, paired": pair("attrib", "attrib (compare)")}
     return {"case": name, "tokens": str(ids.shape[-1]), "dtype": str(dtype).removeprefix("torch."),
             **extra, "attrib ms": cell("attrib"), "hooks (pruned) ms": cell("hooks (pruned)"),
             "hooks (full) ms": cell("hooks (full)"), "nnsight ms": cell("nnsight") if nnsight else "n/a",
-            "attrib / hooks(pruned)": ratio("attrib", "hooks (pruned)"),
+            "attrib / hooks(pruned), paired [95% CI]": pair("attrib", "hooks (pruned)"),
+            "attrib / hooks(pruned), medians": ratio("attrib", "hooks (pruned)"),
             "attrib / nnsight": ratio("attrib", "nnsight"),
             "hooks(full) / hooks(pruned)": ratio("hooks (full)", "hooks (pruned)"),
             "match": ("NO: " + ", ".join(mismatch)) if mismatch else "yes" if ref and "attrib" in first else "–"}

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["sync", "time_contestants", "cell", "ratio", "header"]
+__all__ = ["sync", "time_contestants", "cell", "ratio", "paired", "header"]
 
 
 def header(device: torch.device, reps: int, warmup: int, libraries: dict[str, str]) -> str:
@@ -36,10 +36,12 @@ def sync(device: torch.device) -> None:
 
 
 def time_contestants(runs: dict[str, Callable[[], Any]], device: torch.device, reps: int, warmup: int,
-                     before: Callable[[], None] = lambda: None
+                     before: Callable[[], None] = lambda: None, raw: dict[str, list[float]] | None = None
                      ) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
-    """(median ms, failure text, first result) per contestant; ``before()`` runs (untimed) before every call."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    """(median ms, failure text, first result) per contestant; ``before()`` runs (untimed) before every call.
+    ``raw``, when given, receives every contestant's timed seconds, one per repetition (for :func:`paired`)."""
+    times: dict[str, list[float]] = {k: [] for k in runs} if raw is None else raw
+    times.update({k: [] for k in runs})
     failed: dict[str, str] = {}
     first: dict[str, Any] = {}
     shuffler = random.Random(0)
@@ -77,6 +79,21 @@ def cell(med: dict[str, float], failed: dict[str, str], key: str, digits: int = 
     if key in failed:
         return failed[key]
     return f"{med[key]:.{digits}f}" if key in med else "–"
+
+
+def paired(raw: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float] | None:
+    """The median over repetitions of ``a``'s time / ``b``'s time in the same repetition, with a 95% confidence
+    interval of that median (order statistics). Both ran within the same round, so a machine that speeds up or
+    slows down over the run (lent GPU hosts drift by several percent within minutes) moves both alike; the ratio
+    of two medians taken over the whole run does not cancel that drift."""
+    xs, ys = raw.get(a, []), raw.get(b, [])
+    if not xs or len(xs) != len(ys):
+        return None
+    r = sorted(x / y for x, y in zip(xs, ys))
+    n = len(r)
+    half = 0.98 * n ** 0.5  # 1.96 * sqrt(n) / 2: the binomial interval of the median's rank
+    lo, hi = max(0, int(n / 2 - half)), min(n - 1, int(n / 2 + half))
+    return statistics.median(r), r[lo], r[hi]
 
 
 def ratio(med: dict[str, float], a: str, b: str | None, invert: bool = False) -> str:

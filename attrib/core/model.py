@@ -55,6 +55,21 @@ class Model:
             return p.device
         return torch.device("cpu")
 
+    def _quick_device(self) -> torch.device:
+        """The device of the first parameter of the module that held the model's first parameter last time: a
+        dictionary lookup instead of a walk of the module tree (``parameters()``). It can be stale once the tree
+        is edited, so a mismatch is checked again against :attr:`device` before it is reported."""
+        owner = self.__dict__.get("_param_owner")
+        if owner is not None:
+            for p in owner._parameters.values():
+                if p is not None:
+                    return p.device
+        for m in self._module.modules():
+            if any(p is not None for p in m._parameters.values()):
+                object.__setattr__(self, "_param_owner", m)
+                return self._quick_device()
+        return torch.device("cpu")
+
     @property
     def dtype(self) -> torch.dtype:
         for p in self._module.parameters():
@@ -164,9 +179,11 @@ class Model:
         return args, kwargs
 
     def _check_devices(self, args: tuple, kwargs: dict) -> None:
-        device = self.device
+        device = None
         for t in tensors_in((args, kwargs)):
-            if t.device != device:
+            if device is None:
+                device = self._quick_device()
+            if t.device != device and t.device != (device := self.device):
                 raise InputError(
                     f"an input tensor of shape {tuple(t.shape)} is on {t.device}, but the model is on {device}; "
                     f"move it with .to({str(device)!r}) first."

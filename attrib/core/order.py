@@ -11,7 +11,9 @@
 The first trace of a model records the order of module start and end events with one global
 forward hook and one global pre-hook (they put every module call on torch's slower hooked path).
 Later traces reuse that order and hook only the modules asked for, so a module the model already
-ran past is still refused. A trace that pauses at events out of the recorded order (a model whose
+ran past is still refused. The order also says which modules will be running when the forward pauses at
+a value (:meth:`OrderBook.running_at`): those are the only ones whose output can be asked for while they
+run (a layer's output after one of its sublayers'), so only they need a wrapper installed in advance. A trace that pauses at events out of the recorded order (a model whose
 control flow changed its module order) marks the record stale, and the next trace records again; the
 trace confirms a refusal that only the record supports by running on (see ``Trace.read``).
 """
@@ -60,6 +62,32 @@ class OrderBook:
     def _on_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         self.events.setdefault((module, "end"), len(self.events))
         self.last = module
+
+    def running_at(self, event: Event, candidates: list[torch.nn.Module]) -> list[torch.nn.Module] | None:
+        """The ``candidates`` that start after the current position and are still running at ``event``: the
+        modules that a pause at ``event`` will find half-way. ``None`` when the known order cannot tell (it is
+        being recorded, is stale, does not contain ``event``, or places it before the current position: a read
+        that only this pass can confirm): then any candidate may be running."""
+        if self.recording or self.stale:
+            return None
+        target = self.known.get(event)
+        if target is None or target <= self.pos:   # not in the order, or asked for after the order says it passed
+            return None
+        found = []
+        for m in candidates:
+            start = self.known.get((m, "start"))
+            if start is None:
+                found.append(m)      # never ran when the order was recorded: it may run now
+            elif self.pos < start <= target < self.known.get((m, "end"), target + 1):
+                found.append(m)
+        return found
+
+    def started(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` had started by the current position (by the known order)."""
+        if self.recording:
+            return (module, "start") in self.events
+        index = self.known.get((module, "start"))
+        return index is not None and index <= self.pos
 
     def passed(self, module: torch.nn.Module, kind: str) -> bool:
         """Whether the forward is already past the moment ``module.<kind>`` is produced."""

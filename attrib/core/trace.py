@@ -9,8 +9,9 @@
 True
 
 Mechanism (:mod:`attrib.core.handoff`): the model's forward runs in a child greenlet. A module's output is
-handed over by a wrapper around its ``forward`` (an instance attribute, for this trace only), an input by a
-pre-hook added when it is asked for; the forward pauses there until the block moves on. Where the forward
+handed over by a wrapper around its ``forward`` (an instance attribute, for this trace only, installed when
+the module is asked for or before a pause that will find it running), an input by a pre-hook added when it
+is asked for; the forward pauses there until the block moves on. Where the forward
 is, and so which reads come too late (:class:`~attrib.OutOfOrderError`), is kept by an
 :class:`~attrib.core.order.OrderBook`.
 """
@@ -24,7 +25,7 @@ import torch
 from ..errors import InputError, NeverRanError, NotInTraceError, OutOfOrderError
 from .backward import BackwardContext
 from .handoff import Handoff
-from .order import OrderBook
+from .order import OrderBook, event_of
 from .patches import BACKWARD, SAVE
 from .pending import Promises
 from .current import claim, local, unclaim
@@ -66,8 +67,9 @@ class Trace(Handoff):
         SAVE.acquire()
         self.promises.start()
         self._book.start()
-        for module in self.model._containers():
-            self._wrap(module)
+        if self._book.recording:            # no order known yet: any module with children may be read while it runs
+            for module in self.model._containers():
+                self._wrap(module)
 
     def _run(self) -> Any:
         return self.model.module(*self.args, **self.kwargs)
@@ -171,12 +173,17 @@ class Trace(Handoff):
             return self._pick(key, kind)
         if self.finished:
             raise NeverRanError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
+        was_stale = self._book.stale
         self._wait_for(module, key)
         if key not in self._values:
             self._book.stale = True  # the recorded order did not foresee this; learn it again next time
+            maybe = ""
+            if was_stale and module._modules:
+                maybe = ("; this pass called its modules in another order than the trace that recorded the order, so "
+                         "if it was already running when it was read, read it again in a new trace (it records anew)")
             raise NeverRanError(
                 f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass "
-                "(the model finished without calling it)."
+                f"(the model finished without calling it{maybe})."
             )
         return self._pick(key, kind)
 
@@ -189,7 +196,17 @@ class Trace(Handoff):
             return next(iter(kwargs.values()), None)
         return value
 
+    def _wrap_running(self, module: torch.nn.Module, kind: str) -> None:
+        """Wrap the modules with children that will be running when the forward pauses at ``module.<kind>``:
+        their output may be asked for next, after they have looked up their ``forward``. By induction over the
+        pauses, every module running at a pause has a wrapper; the others get one when they are asked for."""
+        containers = self.model._containers()
+        running = self._book.running_at(event_of(module, kind), containers)
+        for m in containers if running is None else running:
+            self._wrap(m)
+
     def _wait_for(self, module: torch.nn.Module, key: tuple[torch.nn.Module, str]) -> None:
+        self._wrap_running(module, key[1])
         if key[1] == "output":
             self._wrap(module)
             self._wanted.add(module)
@@ -209,7 +226,8 @@ class Trace(Handoff):
     # Outputs are delivered by wrapping ``module.forward`` (an instance attribute, for this trace only),
     # not by forward hooks: a hook registered on a module that is already running (the root, a layer
     # whose submodule was just read) is not called, and hooks put every call on torch's slower path.
-    # Modules with children are wrapped when the trace starts, leaves when they are asked for.
+    # A module is wrapped when it is asked for, and before each pause every module with children that the
+    # pause will find running (from the recorded module order; all of them while the order is recorded).
     def _wrap(self, module: torch.nn.Module) -> None:
         if module in self._wrapped:
             return
