@@ -23,7 +23,7 @@ __all__ = [
     "AttribError",
     # tracing
     "InputError", "ModulePathError", "ReadOnlyEnvoyError", "AlreadyTracedError", "OutOfOrderError",
-    "NeverRanError", "NotInTraceError", "TraceFailedError",
+    "NeverRanError", "NotInTraceError", "TraceFailedError", "ReusedBlockError",
     # gradients
     "NotOnPathError", "NestedBackwardError", "GradientValueError", "GraphFreedError", "NoGradError",
     "NonScalarLossError", "PendingGradError",
@@ -33,6 +33,8 @@ __all__ = [
     "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError",
     # drawing
     "PlotError", "OptionError",
+    # warnings
+    "AttribWarning", "TrainModeWarning",
 ]
 
 
@@ -73,6 +75,10 @@ class NotInTraceError(OutOfOrderError):
 
 class TraceFailedError(AttribError, RuntimeError):
     """The traced forward (or a backward) already raised; there is nothing left to resume."""
+
+
+class ReusedBlockError(AttribError, RuntimeError):
+    """A trace or backward context object was entered by a second ``with`` block; each runs one pass."""
 
 
 # -- gradients ----------------------------------------------------------------------------------------
@@ -139,3 +145,13 @@ class PlotError(AttribError, ValueError):
 
 class OptionError(AttribError, ValueError, TypeError):
     """A heatmap option of the wrong type or value, or an unknown option name."""
+
+
+# -- warnings -----------------------------------------------------------------------------------------
+class AttribWarning(UserWarning):
+    """Base of attrib's warnings: a result that is computed, but that the user should know is unusual."""
+
+
+class TrainModeWarning(AttribWarning):
+    """A method ran on a model in train mode: dropout makes each forward random, so two identical calls
+    give different attributions. attrib leaves the mode to the user (``model.module.eval()``)."""

@@ -34,7 +34,10 @@ def test_every_error_is_exported_and_an_attrib_error():
     assert len(defined) == len(attrib.errors.__all__) >= 20
     for cls in defined:
         assert cls.__name__ in attrib.__all__ and getattr(attrib, cls.__name__) is cls
-        assert issubclass(cls, attrib.AttribError)
+        if issubclass(cls, Warning):             # warnings: one base, itself a UserWarning
+            assert issubclass(cls, attrib.AttribWarning) and issubclass(cls, UserWarning)
+        else:
+            assert issubclass(cls, attrib.AttribError)
 
 
 @pytest.fixture

@@ -42,6 +42,8 @@ __all__ = ["BackwardContext"]
 class BackwardContext(Handoff):
     """One ``with loss.backward(...):`` block. Made by the patched ``Tensor.backward`` in a trace."""
 
+    _again = "`with loss.backward():`"
+
     def __init__(self, trace: "Trace", loss: torch.Tensor, gradient: torch.Tensor | None = None,
                  retain_graph: bool | None = None, create_graph: bool = False,
                  inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
@@ -123,6 +125,15 @@ class BackwardContext(Handoff):
             if better is None:
                 raise
             raise better from None
+        # The values read in the trace keep the gradient this pass gave them in ``.grad`` (summed over the
+        # trace's contexts, as retain_grad() would), so ``h.grad`` read after the block is that value.
+        kept = self.trace.grads_kept
+        for t, grad in zip(targets, grads):
+            if grad is not None and t.grad_fn is not None:
+                # torch warns when an unset non-leaf .grad is read: read it only where one was set
+                old = original_grad.__get__(t) if t.retains_grad or id(t) in kept else None
+                original_grad.__set__(t, grad if old is None else old + grad)
+                kept.add(id(t))
         for param, grad in zip(self.inputs, grads[len(targets):]):
             if grad is not None:
                 old = original_grad.__get__(param)
@@ -151,8 +162,11 @@ class BackwardContext(Handoff):
         """Whether ``t.grad`` means "the gradient in this backward pass" for ``t``."""
         if not self._entered or self.in_child:
             return False
-        # Everything but untouched leaves that require grad (parameters): their .grad keeps torch's meaning.
-        return id(t) in self._tensors or not t.requires_grad or t.grad_fn is not None
+        # Everything but parameters and the leaves passed in ``inputs=``: their .grad keeps torch's meaning
+        # (filled when the backward ends). Another leaf gets no gradient from the pruned backward: say so.
+        if id(t) in self._tensors or not t.requires_grad or t.grad_fn is not None:
+            return True
+        return not isinstance(t, torch.nn.Parameter) and not any(t is i for i in self.inputs)
 
     def _label(self, t: torch.Tensor) -> str:
         return "the loss" if t is self.loss else self.trace.label(t)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable, Hashable
 
+from ..errors import ReusedBlockError
 from .release import release
 from .switch import Coroutine
 
@@ -39,6 +40,8 @@ class Handoff(abc.ABC):
     current_key: Hashable | None = None
     _current: Any = _NONE
     result: Any = None
+    _used = False
+    _again = "a new block"       # how a user opens another one, for the message of a reused object
 
     # -- what a subclass provides -------------------------------------------------------------------
     @abc.abstractmethod
@@ -56,6 +59,12 @@ class Handoff(abc.ABC):
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def __enter__(self) -> "Handoff":
+        if self._used:
+            raise ReusedBlockError(
+                f"this {type(self).__name__} object was already used by a `with` block, and each runs one pass (its "
+                f"values belong to that pass); open a new one instead: {self._again} again."
+            )
+        self._used = True
         try:
             self._setup()
             self._co = Coroutine(self._run)

@@ -43,6 +43,8 @@ _KIND_OF = {"output": "output", "input": "inputs", "inputs": "inputs"}
 class Trace(Handoff):
     """The lifecycle of one ``with model.trace(...):`` block. Use it through ``Model.trace``."""
 
+    _again = "`with model.trace(...):`"
+
     def __init__(self, model: "Model", args: tuple, kwargs: dict, param_grads: bool = False) -> None:
         self.model = model
         self.args = args
@@ -57,6 +59,7 @@ class Trace(Handoff):
         self._wanted: set[torch.nn.Module] = set()
         self._claimed = False
         self.promises = Promises()
+        self.grads_kept: set[int] = set()   # ids of values whose .grad a backward context of this trace set
 
     # -- lifecycle (see Handoff) ----------------------------------------------------------------
     def _setup(self) -> None:
@@ -101,6 +104,7 @@ class Trace(Handoff):
         self.model._forget_value_error()
         self._touched.clear()
         self._labels.clear()
+        self.grads_kept.clear()
         self._values.clear()
         if failed:
             self.args, self.kwargs = (), {}

@@ -23,13 +23,14 @@ list of results (also a list of one string gives a list of one).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..core.model import Model
-from ..errors import InputError, MethodError, TargetError
+from ..errors import InputError, MethodError, TargetError, TrainModeWarning
 from ..models.language import LanguageModel
 from ..models.sites import Site, first_tensor, site
 from .targets import Target, logits_of, resolve_targets, token_scores
@@ -91,9 +92,27 @@ def check_batch_size(batch_size: Any) -> int | None:
     return batch_size
 
 
+def _has_dropout(module: torch.nn.Module) -> bool:
+    """Whether a forward in train mode is random: a dropout module with p > 0, or a config that asks for
+    dropout inside attention (Hugging Face models call the functional form there)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        config = getattr(m, "config", None)
+        if any(isinstance(getattr(config, k, 0), float) and getattr(config, k) > 0
+               for k in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob", "dropout")):
+            return True
+    return False
+
+
 def prepare(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
             metric: Callable | None = None) -> Inputs:
     """Resolve inputs and targets once, for any method (see the module docstring)."""
+    if isinstance(model, Model) and model.module.training and _has_dropout(model.module):
+        warnings.warn(
+            f"the model ({type(model.module).__name__}) is in train mode, so dropout makes every forward random "
+            "and two identical calls give different attributions; call model.module.eval() first.",
+            TrainModeWarning, stacklevel=3)
     if isinstance(model, LanguageModel):
         return _language(model, inputs, target, contrast, score, metric)
     if isinstance(model, Model):

@@ -39,6 +39,7 @@ output projection), found through the model's layout (:mod:`attrib.models.layout
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -112,10 +113,20 @@ def _positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
     if positions is None:
         return list(range(n))
     out = set()
-    for p in [positions] if isinstance(positions, int) else positions:
-        if not -n <= int(p) < n:
+    single = isinstance(positions, (int, float)) or (isinstance(positions, torch.Tensor) and positions.dim() == 0)
+    if not single and not isinstance(positions, Iterable):
+        raise MethodError(f"positions must be an int, a list of ints or None (every position), got {positions!r}.")
+    for given in [positions] if single else positions:
+        try:
+            if isinstance(given, bool):
+                raise TypeError
+            p = operator.index(given)
+        except TypeError:
+            raise MethodError(f"positions must be ints (token positions, negative from the end), got {given!r} in "
+                              f"positions={positions!r}.") from None
+        if not -n <= p < n:
             raise MethodError(f"position {p} is outside the prompt of {n} tokens.")
-        out.add(int(p) % n)
+        out.add(p % n)
     if not out:
         raise MethodError("positions is empty; pass None for every position.")
     return sorted(out)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..viz.labels import quoted
-from .base import Result
+from .base import Result, check_k
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,6 +52,7 @@ class Attribution(Result):
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` largest-|score| entries as ``(label, score)``: tokens (a matrix's rows summed per input
         token), a plain model's features, or for inputs of more dimensions the element's index."""
+        k = check_k(k)
         matrix = self.output_tokens is not None and self.scores.dim() == 2
         flat = self.scores.sum(0) if matrix else self.scores.flatten()
         if len(self.tokens) == flat.numel():

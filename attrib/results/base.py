@@ -14,9 +14,10 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from ..errors import InputError
 from . import files
 
-__all__ = ["Result", "jsonable"]
+__all__ = ["Result", "jsonable", "check_k"]
 
 R = TypeVar("R", bound="Result")
 
@@ -32,6 +33,13 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
+
+
+def check_k(k: Any) -> int:
+    """``k`` of ``top(k)``: a positive int, else one clear error (a negative ``k`` would slice from the end)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"top(k) takes a positive int k (how many entries), got k={k!r}.")
+    return k
 
 
 class Result(abc.ABC):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..viz.labels import quoted
-from .base import Result, jsonable
+from .base import Result, check_k, jsonable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,6 +52,7 @@ class PatchingResult(Result):
     def top(self, k: int = 5) -> list[tuple[str, tuple[int, ...], float]]:
         """The ``k`` largest-|score| entries as ``(component, index, value)``; ``index`` is (layer, position)
         or (layer, head, position), positions being prompt positions (not axis indices)."""
+        k = check_k(k)
         entries: list[tuple[str, tuple[int, ...], float]] = []
         for comp, values in self.scores.items():
             flat = values.flatten()

@@ -46,7 +46,7 @@ def test_a_promised_gradient_cannot_be_used_before_its_backward(leakcheck):
     assert type(g.sum()) is torch.Tensor
 
 
-def test_grad_after_a_backward_is_torchs_own(leakcheck):
+def test_grad_after_a_plain_backward_is_torchs_own_and_after_a_context_the_contexts(leakcheck):
     model = gpt2()
     check = leakcheck(model.module)
     with warnings.catch_warnings():
@@ -60,8 +60,10 @@ def test_grad_after_a_backward_is_torchs_own(leakcheck):
             logits = model.output.logits
             with logits.sum().backward():
                 logits.grad.save()
-            after = h.grad
-    assert plain is None and after is None
+                inside = h.grad.save()
+            after = h.grad                                      # what the context gave h (issue 9, case 7)
+    assert plain is None
+    torch.testing.assert_close(after, inside)
     check.assert_clean()
 
 
