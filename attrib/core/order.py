@@ -82,13 +82,6 @@ class OrderBook:
                 found.append(m)
         return found
 
-    def started(self, module: torch.nn.Module) -> bool:
-        """Whether ``module`` had started by the current position (by the known order)."""
-        if self.recording:
-            return (module, "start") in self.events
-        index = self.known.get((module, "start"))
-        return index is not None and index <= self.pos
-
     def passed(self, module: torch.nn.Module, kind: str) -> bool:
         """Whether the forward is already past the moment ``module.<kind>`` is produced."""
         event = event_of(module, kind)

@@ -32,8 +32,6 @@ def _tensor(value):
     return value[0]
 
 
-_first = _tensor
-
 
 @pytest.mark.parametrize("run", range(3))   # run 0 records the order, runs 1 and 2 use it
 def test_parent_read_after_its_child_in_every_trace(run, leakcheck):
@@ -50,7 +48,7 @@ def test_parent_read_after_its_child_in_every_trace(run, leakcheck):
             layer = attrib.save(model.transformer.h[1].output)
             body = attrib.save(model.transformer.output)
             logits = model.output.logits.save()
-    for got, ref in zip((fc, mlp, _first(layer), body.last_hidden_state), want):
+    for got, ref in zip((fc, mlp, _tensor(layer), body.last_hidden_state), want):
         torch.testing.assert_close(got.detach(), ref)
     assert logits.shape[-1] == hf.config.vocab_size
     check.assert_clean()
@@ -66,7 +64,7 @@ def test_input_of_a_sublayer_then_the_layer_output_in_a_later_trace():
             x = model.transformer.h[0].mlp.input.save()
             out = attrib.save(model.transformer.h[0].output)
     assert x.shape == want.shape
-    torch.testing.assert_close(_first(out).detach(), want)
+    torch.testing.assert_close(_tensor(out).detach(), want)
 
 
 def test_a_known_order_wraps_only_the_modules_running_at_each_pause():
