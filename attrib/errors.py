@@ -26,9 +26,9 @@ __all__ = [
     "NeverRanError", "NotInTraceError", "TraceFailedError", "ReusedBlockError",
     # gradients
     "NotOnPathError", "NestedBackwardError", "GradientValueError", "GraphFreedError", "NoGradError",
-    "NonScalarLossError", "PendingGradError",
+    "NonScalarLossError", "PendingGradError", "PlainBackwardError",
     # models
-    "DemoModelError", "LayoutError",
+    "DemoModelError", "LayoutError", "CompiledModuleError",
     # methods and results
     "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError",
     # drawing
@@ -112,7 +112,16 @@ class PendingGradError(AttribError, RuntimeError):
     """A gradient read before its backward pass was used before that backward ran."""
 
 
+class PlainBackwardError(AttribError, TypeError):
+    """A ``with`` statement was given what an earlier ``loss.backward()`` call returned: that call already ran
+    a plain backward; only ``with loss.backward():`` itself opens a backward context."""
+
+
 # -- models -------------------------------------------------------------------------------------------
+class CompiledModuleError(AttribError, RuntimeError):
+    """A submodule compiled with ``torch.compile`` was traced: compiled code cannot pause mid-forward."""
+
+
 class DemoModelError(AttribError):
     """The demo model's weights or tokenizer cannot be found or read."""
 

@@ -155,7 +155,13 @@ class BackwardContext(Handoff):
             self._pos, self._pos_key = seq, key
         if key != self._want:
             return None
-        return self.offer(key, grad.clone())
+        out = self.offer(key, grad.clone())
+        if out.shape != grad.shape:     # an in-place edit that changed the shape (resize_, unsqueeze_...)
+            raise GradientValueError(
+                f"the gradient of {self._label(self._tensors[key])} was changed in place to shape {tuple(out.shape)}; "
+                f"expected shape {tuple(grad.shape)}, like the gradient it replaces: edit its values, not its shape."
+            )
+        return out
 
     # -- the user's side ----------------------------------------------------------------------
     def intercepts(self, t: torch.Tensor) -> bool:

@@ -7,7 +7,9 @@
 >>> tuple(y.shape)
 (2, 1)
 
-The wrapper is not a copy: the module's own weights, device and dtype are used.
+The wrapper is not a copy: the module's own weights, device and dtype are used. A model compiled with
+``torch.compile`` is wrapped through its original module: traces run it eagerly (compiled code cannot pause
+mid-forward), while calls of the compiled object stay compiled.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Model:
     def __init__(self, module: torch.nn.Module) -> None:
         if not isinstance(module, torch.nn.Module):
             raise InputError(f"attrib.Model wraps a torch.nn.Module, got {type(module).__name__}.")
+        original = getattr(module, "_orig_mod", None)       # torch.compile(module): trace the module it compiled
+        if isinstance(original, torch.nn.Module) and type(module).__name__ == "OptimizedModule":
+            module = original
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_root", Envoy(module, "", self))
         object.__setattr__(self, "_names", None)
@@ -84,8 +89,29 @@ class Model:
             object.__setattr__(self, "_names", {m: n for n, m in self._module.named_modules(remove_duplicate=False)})
             object.__setattr__(self, "_order", None)
             object.__setattr__(self, "_container_list", None)
+            object.__setattr__(self, "_chains", None)
             name = self._names.get(module, f"<{type(module).__name__}>")
         return name
+
+    def _chain(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        """The modules from the root down to ``module`` (cached; empty when ``module`` is not in the tree)."""
+        chains = self.__dict__.get("_chains")
+        if chains is None or self._names is None:
+            chains = {}
+            object.__setattr__(self, "_chains", chains)
+        chain = chains.get(module)
+        if chain is None:
+            dotted = self._dotted_of(module)
+            if self.__dict__["_chains"] is not chains:       # the names were learnt again: start a new cache
+                return self._chain(module)
+            m, chain = self._module, [self._module]
+            for part in dotted.split(".") if dotted else ():
+                m = m._modules.get(part)
+                if m is None:
+                    return []
+                chain.append(m)
+            chains[module] = chain
+        return chain
 
     def _containers(self) -> list[torch.nn.Module]:
         """Modules with children (they may be running when their output is asked for), root first."""
@@ -183,6 +209,12 @@ class Model:
         for t in tensors_in((args, kwargs)):
             if device is None:
                 device = self._quick_device()
+                if device.type == "meta":
+                    raise InputError(
+                        f"the parameters of {type(self._module).__name__} are on the meta device, so they hold no "
+                        "values to compute with; load its weights first (e.g. module.to_empty(device='cpu') and then "
+                        "load_state_dict(...)), then trace it."
+                    )
             if t.device != device and t.device != (device := self.device):
                 raise InputError(
                     f"an input tensor of shape {tuple(t.shape)} is on {t.device}, but the model is on {device}; "

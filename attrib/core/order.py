@@ -20,7 +20,7 @@ trace confirms a refusal that only the record supports by running on (see ``Trac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -45,8 +45,13 @@ class OrderBook:
         self.last: torch.nn.Module | None = None
         self.stale = False
         self._handles: list[Any] = []
+        self._mine: Callable[[], bool] = lambda: True
 
-    def start(self) -> None:
+    def start(self, mine: Callable[[], bool] | None = None) -> None:
+        """Record, when the order is not known yet. The global hooks see every module call of every thread;
+        only calls for which ``mine()`` holds (the traced forward's own) are recorded."""
+        if mine is not None:
+            self._mine = mine
         if self.recording:
             self._handles = [register_module_forward_pre_hook(self._on_start),
                              register_module_forward_hook(self._on_end)]
@@ -57,11 +62,13 @@ class OrderBook:
         self._handles = []
 
     def _on_start(self, module: torch.nn.Module, args: Any) -> None:
-        self.events.setdefault((module, "start"), len(self.events))
+        if self._mine():
+            self.events.setdefault((module, "start"), len(self.events))
 
     def _on_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        self.events.setdefault((module, "end"), len(self.events))
-        self.last = module
+        if self._mine():
+            self.events.setdefault((module, "end"), len(self.events))
+            self.last = module
 
     def running_at(self, event: Event, candidates: list[torch.nn.Module]) -> list[torch.nn.Module] | None:
         """The ``candidates`` that start after the current position and are still running at ``event``: the

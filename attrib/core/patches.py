@@ -29,9 +29,9 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import GraphFreedError, NoGradError, NonScalarLossError
+from ..errors import GraphFreedError, NoGradError, NonScalarLossError, PlainBackwardError
 from .current import current_trace, local
-from .withdetect import called_in_with
+from .withdetect import called_in_with, entered_later
 
 __all__ = ["Patch", "BACKWARD", "SAVE", "GRAD", "original_grad", "plain_backward", "translate"]
 
@@ -118,8 +118,15 @@ def _backward(self: torch.Tensor, gradient=None, retain_graph=None, create_graph
     trace = current_trace()
     if trace is None:
         return plain_backward(self, gradient, retain_graph, create_graph, inputs)
-    if called_in_with(sys._getframe(1)):
+    frame = sys._getframe(1)
+    if called_in_with(frame):
         return trace.backward_context(self, gradient, retain_graph, create_graph, inputs)
+    name = entered_later(frame)
+    if name is not None:
+        raise PlainBackwardError(
+            f"`{name} = loss.backward()` runs a plain backward pass at once and returns None, so the later "
+            f"`with {name}:` cannot open a backward context; write `with loss.backward():` in its place."
+        )
     trace.backward_started()
     plain_backward(self, gradient, retain_graph, create_graph, inputs)
     return None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import InputError, NeverRanError, NotInTraceError, OutOfOrderError
+from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
 from .backward import BackwardContext
 from .handoff import Handoff
 from .order import OrderBook, event_of
@@ -69,13 +69,30 @@ class Trace(Handoff):
         BACKWARD.acquire()
         SAVE.acquire()
         self.promises.start()
-        self._book.start()
+        self._book.start(lambda: self.in_child)
         if self._book.recording:            # no order known yet: any module with children may be read while it runs
             for module in self.model._containers():
                 self._wrap(module)
 
     def _run(self) -> Any:
-        return self.model.module(*self.args, **self.kwargs)
+        try:
+            return self.model.module(*self.args, **self.kwargs)
+        except Exception as err:
+            compiled = self._compiled_submodule() if type(err).__module__.startswith("torch._dynamo") else None
+            if compiled is None:
+                raise
+            raise CompiledModuleError(
+                f"{compiled} was compiled with torch.compile, and compiled code cannot pause mid-forward to hand "
+                "over its values; trace the model as it was before compiling (compile a copy for plain runs, or "
+                "wrap the module's `_orig_mod`)."
+            ) from None
+
+    def _compiled_submodule(self) -> str | None:
+        """The path of a module compiled in place (``module.compile()``) or replaced by ``torch.compile(...)``."""
+        for name, m in self.model.module.named_modules():
+            if getattr(m, "_compiled_call_impl", None) is not None or type(m).__name__ == "OptimizedModule":
+                return self.model._path_of(m) if name else "the model"
+        return None
 
     def _finished(self) -> None:
         book = self._book
@@ -209,7 +226,21 @@ class Trace(Handoff):
         for m in containers if running is None else running:
             self._wrap(m)
 
+    def _refuse_compiled(self, module: torch.nn.Module, kind: str) -> None:
+        """Refuse a read whose pause would fall inside compiled code (``module.compile()`` on it or on a module
+        around it, or a ``torch.compile``'d module around it): a greenlet switch there breaks dynamo."""
+        chain = self.model._chain(module)
+        for i, m in enumerate(chain):
+            outer = i < len(chain) - 1
+            if getattr(m, "_compiled_call_impl", None) is not None or (outer and type(m).__name__ == "OptimizedModule"):
+                raise CompiledModuleError(
+                    f"{self.model._path_of(module)}.{kind} cannot be read because {self.model._path_of(m)} was compiled "
+                    "with torch.compile, and compiled code cannot pause mid-forward to hand over a value; trace the "
+                    "model as it was before compiling (compile a copy for plain runs)."
+                )
+
     def _wait_for(self, module: torch.nn.Module, key: tuple[torch.nn.Module, str]) -> None:
+        self._refuse_compiled(module, key[1])
         self._wrap_running(module, key[1])
         if key[1] == "output":
             self._wrap(module)
@@ -240,7 +271,9 @@ class Trace(Handoff):
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             out = inner(*args, **kwargs)
-            return deliver(module, out) if module in wanted else out
+            # Only the traced forward hands values over: a call of the same module by another thread, or by
+            # the block itself, runs untouched.
+            return deliver(module, out) if module in wanted and self.in_child else out
 
         forward.__wrapped__ = inner  # inspect.signature(module.forward) still sees the real one
         self._wrapped[module] = module.__dict__.get("forward", _MISSING)
@@ -255,7 +288,7 @@ class Trace(Handoff):
         self._wrapped.clear()
 
     def _output_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        return self._deliver(module, output) if module in self._wanted else None
+        return self._deliver(module, output) if module in self._wanted and self.in_child else None
 
     def _deliver(self, module: torch.nn.Module, output: Any) -> Any:
         key = (module, "output")
@@ -265,7 +298,7 @@ class Trace(Handoff):
 
     def _input_hook(self, key: tuple[torch.nn.Module, str]) -> Callable[..., Any]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-            if key in self._values:
+            if key in self._values or not self.in_child:
                 return None
             if module not in self._wrapped:
                 # This call already looked up ``module.forward``: a wrapper would come too late for its
