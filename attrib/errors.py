@@ -23,7 +23,7 @@ __all__ = [
     "AttribError",
     # tracing
     "InputError", "ModulePathError", "ReadOnlyEnvoyError", "AlreadyTracedError", "OutOfOrderError",
-    "NeverRanError", "NotInTraceError", "TraceFailedError", "ReusedBlockError",
+    "NeverRanError", "NotInTraceError", "TraceFailedError", "ReusedBlockError", "ValueEditError",
     # gradients
     "NotOnPathError", "NestedBackwardError", "GradientValueError", "GraphFreedError", "NoGradError",
     "NonScalarLossError", "PendingGradError", "PlainBackwardError",
@@ -79,6 +79,10 @@ class TraceFailedError(AttribError, RuntimeError):
 
 class ReusedBlockError(AttribError, RuntimeError):
     """A trace or backward context object was entered by a second ``with`` block; each runs one pass."""
+
+
+class ValueEditError(AttribError, ValueError):
+    """A module value was assigned a tensor of another shape, dtype or device than the value it replaces."""
 
 
 # -- gradients ----------------------------------------------------------------------------------------

@@ -39,6 +39,21 @@ if TYPE_CHECKING:
 __all__ = ["BackwardContext"]
 
 
+def _tensor_list(inputs: Any) -> list[torch.Tensor]:
+    """``backward(inputs=...)`` as a list of leaf tensors, or a clear error."""
+    try:
+        found = list(inputs)
+    except TypeError:
+        found = [inputs]
+    for i, t in enumerate(found):
+        if not isinstance(t, torch.Tensor):
+            raise GradientValueError(
+                f"backward(inputs=...) takes tensors whose gradients to compute, got {type(t).__name__} "
+                f"{t!r:.40} at position {i}; pass the tensors themselves (e.g. inputs=[model.module.lm_head.weight])."
+            )
+    return found
+
+
 class BackwardContext(Handoff):
     """One ``with loss.backward(...):`` block. Made by the patched ``Tensor.backward`` in a trace."""
 
@@ -72,7 +87,7 @@ class BackwardContext(Handoff):
             module = trace.model.module
             self.inputs = [p for p in module.parameters() if p.requires_grad] if trace.param_grads else []
         else:
-            self.inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+            self.inputs = [inputs] if isinstance(inputs, torch.Tensor) else _tensor_list(inputs)
         self._tensors: dict[int, torch.Tensor] = {}
         self._seq: dict[int, int | None] = {}
         self._handles: list[Any] = []

@@ -13,6 +13,7 @@ Envoy(model[0]: Linear)
 from __future__ import annotations
 
 import difflib
+import operator
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -78,11 +79,11 @@ class Envoy:
     def _missing(self, name: str) -> None:
         names = list(self._module._modules) + [n for n, _ in self._module.named_parameters(recurse=False)]
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         listed = ", ".join(list(self._module._modules)[:12]) or "none"
         raise ModulePathError(
-            f"{self.path} ({type(self._module).__name__}) has no submodule or attribute {name!r}{hint} "
-            f"Its submodules: {listed}."
+            f"{self.path} ({type(self._module).__name__}) has no submodule or attribute {name!r}{hint}; "
+            f"its submodules: {listed}."
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -103,6 +104,14 @@ class Envoy:
         names = list(self._module._modules)
         if isinstance(index, str):
             return self.submodule(index)
+        if not isinstance(index, slice):
+            try:
+                index = operator.index(index)
+            except TypeError:
+                raise ModulePathError(
+                    f"{self.path}[{index!r}] is not a submodule: index {self.path} with an integer, a slice or a "
+                    f"submodule name, not {type(index).__name__}."
+                ) from None
         if isinstance(index, slice):
             return [self.submodule(n) for n in names[index]]
         try:

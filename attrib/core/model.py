@@ -132,7 +132,7 @@ class Model:
         return getattr(self._root, name)
 
     def _read(self, envoy: Envoy, kind: str) -> Any:
-        self._value_error = None
+        object.__setattr__(self, "_value_error", None)
         try:
             return self._active_trace(envoy, kind).read(envoy.module, kind)
         except AttributeError as err:
@@ -149,6 +149,12 @@ class Model:
         if err is not None:
             raise err
         raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("output", "input", "inputs") or name.startswith("_"):
+            object.__setattr__(self, name, value)     # the property setters (a value in the trace), or own state
+            return
+        setattr(self._root, name, value)              # the envoy's refusal, naming the module to change instead
 
     def __getitem__(self, index: Any) -> Any:
         return self._root[index]

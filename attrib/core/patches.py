@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import GraphFreedError, NoGradError, NonScalarLossError, PlainBackwardError
+from ..errors import GradientValueError, GraphFreedError, NoGradError, NonScalarLossError, PlainBackwardError
 from .current import current_trace, local
 from .withdetect import called_in_with, entered_later
 
@@ -91,6 +91,11 @@ def translate(err: RuntimeError) -> Exception | None:
         return NonScalarLossError(
             "backward() was called on a non-scalar tensor without a gradient: reduce it first "
             "(e.g. loss.sum()) or pass gradient=torch.ones_like(loss)."
+        )
+    if "all inputs have to be Tensors" in text:
+        return GradientValueError(
+            "backward(inputs=...) takes tensors whose gradients to compute, and got something else; pass the "
+            "tensors themselves (e.g. inputs=[model.module.lm_head.weight])."
         )
     if "does not require grad and does not have a grad_fn" in text:
         return NoGradError(

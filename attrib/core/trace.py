@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
+from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError, ValueEditError
 from .backward import BackwardContext
 from .handoff import Handoff
 from .order import OrderBook, event_of
@@ -78,6 +78,9 @@ class Trace(Handoff):
         try:
             return self.model.module(*self.args, **self.kwargs)
         except Exception as err:
+            mixed = self._mixed_dtype(err)
+            if mixed is not None:
+                raise mixed from err
             compiled = self._compiled_submodule() if type(err).__module__.startswith("torch._dynamo") else None
             if compiled is None:
                 raise
@@ -86,6 +89,19 @@ class Trace(Handoff):
                 "over its values; trace the model as it was before compiling (compile a copy for plain runs, or "
                 "wrap the module's `_orig_mod`)."
             ) from None
+
+    def _mixed_dtype(self, err: Exception) -> InputError | None:
+        """When the forward failed on a dtype mismatch and an input's float dtype is not the model's: say so."""
+        if not isinstance(err, RuntimeError) or "dtype" not in str(err) and "scalar type" not in str(err):
+            return None
+        dtype = self.model.dtype
+        for t in tensors_in((self.args, self.kwargs)):
+            if t.is_floating_point() and t.dtype != dtype:
+                return InputError(
+                    f"an input tensor of shape {tuple(t.shape)} is {t.dtype}, but the model's parameters are {dtype}, "
+                    f"and the forward failed on it ({str(err).splitlines()[0][:80]}); convert it with .to({dtype})."
+                )
+        return None
 
     def _compiled_submodule(self) -> str | None:
         """The path of a module compiled in place (``module.compile()``) or replaced by ``torch.compile(...)``."""
@@ -326,6 +342,7 @@ class Trace(Handoff):
                 f"{self.model._path_of(module)}.{kind} was assigned after the model ran past it "
                 f"({self._where()}); assign a module's value right after reading it, in execution order."
             )
+        self._check_edit(module, kind, self._pick(key, kind), value)
         if kind == "input":
             args, kwargs = self._values[key]
             if args:
@@ -345,6 +362,24 @@ class Trace(Handoff):
         self._values[key] = value
         self._register(value, module, kind)
         self.replace(value)
+
+    def _check_edit(self, module: torch.nn.Module, kind: str, old: Any, new: Any) -> None:
+        """Refuse a tensor of another shape, dtype or device than the one it replaces (also element-wise in a
+        tuple of the same length): the model would fail later, in another module, with torch's words."""
+        pairs = [(None, old, new)]
+        if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
+            pairs = [(i, o, n) for i, (o, n) in enumerate(zip(old, new))]
+        for i, o, n in pairs:
+            if not (isinstance(o, torch.Tensor) and isinstance(n, torch.Tensor)):
+                continue
+            for what, want, got in (("shape", tuple(o.shape), tuple(n.shape)), ("dtype", o.dtype, n.dtype),
+                                    ("device", o.device, n.device)):
+                if want != got:
+                    where = f"{self.model._path_of(module)}.{kind}" + ("" if i is None else f"[{i}]")
+                    raise ValueEditError(
+                        f"{where} was assigned a tensor of {what} {got}; expected {what} {want}, like the value it "
+                        f"replaces (edit it in place, e.g. {where}[:] = ..., or convert with .to(...))."
+                    )
 
     @property
     def output(self) -> Any:

@@ -145,3 +145,63 @@ def test_reading_a_compiled_layer_output_from_outside_it_works():
         with net.trace(X):
             h = net[0].output.save()
     torch.testing.assert_close(h, module[0]._orig_mod(X))
+
+
+def test_setting_an_attribute_on_the_wrapper_is_refused():
+    net = attrib.Model(mlp())
+    with pytest.raises(attrib.ReadOnlyEnvoyError, match=r"model\.head cannot be set through attrib.*model\.module"):
+        net.head = torch.nn.Linear(4, 1)
+    assert "head" not in vars(net) and not hasattr(net.module, "head")
+    assert isinstance(net[0], attrib.core.envoy.Envoy)
+
+
+@pytest.mark.parametrize("index", [1.5, None, (0, 1)])
+def test_indexing_with_a_non_integer_is_refused(index):
+    net = attrib.Model(mlp())
+    with pytest.raises(attrib.ModulePathError, match=r"model\[.*\] is not a submodule: index model with an integer"):
+        net[index]
+
+
+@pytest.mark.parametrize("value, what", [
+    (torch.zeros(2, 4, dtype=torch.float32), r"dtype torch\.float32; expected dtype torch\.float64"),
+    (torch.zeros(2, 5, dtype=torch.float64), r"shape \(2, 5\); expected shape \(2, 4\)"),
+    (torch.zeros(2, 4, dtype=torch.float64, device="meta"), r"device meta; expected device cpu"),
+])
+def test_a_module_value_assigned_another_shape_dtype_or_device_is_refused(value, what, leakcheck):
+    module = mlp()
+    net = attrib.Model(module)
+    check = leakcheck(module)
+    before = module(X).detach()
+    with pytest.raises(attrib.ValueEditError, match=r"model\[0\]\.output was assigned a tensor of " + what):
+        with net.trace(X):
+            net[0].output = value
+    check.assert_clean()
+    torch.testing.assert_close(module(X).detach(), before, rtol=0, atol=0)
+    with net.trace(X):                                   # the same shape, dtype and device: replaced
+        net[0].output = torch.zeros(2, 4, dtype=torch.float64)
+        y = net.output.save()
+    torch.testing.assert_close(y, module[2](torch.tanh(torch.zeros(2, 4, dtype=torch.float64))))
+
+
+@pytest.mark.parametrize("in_context", [True, False])
+def test_backward_inputs_that_are_not_tensors_are_refused(in_context):
+    net = attrib.Model(mlp())
+    with pytest.raises(attrib.GradientValueError, match=r"backward\(inputs=\.\.\.\) takes tensors"):
+        with net.trace(X):
+            loss = net.output.sum()
+            if in_context:
+                with loss.backward(inputs=[3]):
+                    pass
+            else:
+                loss.backward(inputs=[3])
+
+
+def test_a_float32_input_to_a_float64_model_names_the_dtypes(leakcheck):
+    module = mlp()
+    net = attrib.Model(module)
+    check = leakcheck(module)
+    with pytest.raises(attrib.InputError, match=r"input tensor of shape \(2, 3\) is torch\.float32, but the model's "
+                                                r"parameters are torch\.float64.*\.to\(torch\.float64\)"):
+        with net.trace(X.float()):
+            net.output.save()
+    check.assert_clean()
