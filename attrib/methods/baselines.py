@@ -23,7 +23,7 @@ import torch
 from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..models.sites import first_tensor
-from .inputs import Inputs
+from .inputs import Inputs, nonfinite
 
 __all__ = ["baseline_for"]
 
@@ -36,8 +36,23 @@ def _prompt_mask(prep: Inputs) -> torch.Tensor:
     return mask
 
 
-def baseline_for(prep: Inputs, baseline: Any) -> torch.Tensor:
-    """The baseline's values at ``prep.site``, of ``prep.x``'s shape."""
+def baseline_for(prep: Inputs, baseline: Any, layer: str | None = None) -> torch.Tensor:
+    """The baseline's values at ``prep.site``, of ``prep.x``'s shape, all finite. ``layer``: the site that
+    layer IG attributes to (messages say that the baseline is still an input)."""
+    b = _baseline(prep, baseline, "" if layer is None else f" (with layer={layer!r} the baseline is still given at "
+                                                        "the inputs)")
+    if isinstance(baseline, torch.Tensor):
+        given, found = f"baseline (a tensor of shape {tuple(baseline.shape)})", nonfinite(baseline)
+    else:
+        given = f"baseline={baseline!r} (the embedding the model gives it)" if isinstance(prep.model, LanguageModel) \
+            else f"baseline={baseline!r}"
+        found = nonfinite(b[_prompt_mask(prep)] if isinstance(prep.model, LanguageModel) else b)
+    if found is not None:
+        raise MethodError(f"{given} contains {found}, which makes every attribution NaN; pass a finite baseline.")
+    return b
+
+
+def _baseline(prep: Inputs, baseline: Any, note: str) -> torch.Tensor:
     x, model = prep.x, prep.model
     is_number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
     if not isinstance(model, LanguageModel):
@@ -50,9 +65,9 @@ def baseline_for(prep: Inputs, baseline: Any) -> torch.Tensor:
                 return baseline.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
             except RuntimeError:
                 raise MethodError(f"baseline has shape {tuple(baseline.shape)}; expected the inputs' shape "
-                                  f"{tuple(x.shape)} or one that broadcasts to it.") from None
-        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', a number or a tensor (a plain model's "
-                          "baseline is an input).")
+                                  f"{tuple(x.shape)} or one that broadcasts to it{note}.") from None
+        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', a number or a tensor of the inputs' "
+                          f"shape{note}; pass one of those.")
     if isinstance(baseline, str) and baseline == "zeros":
         fill = torch.zeros_like(x)
     elif (isinstance(baseline, str) and baseline == "pad") or (is_number and isinstance(baseline, int)):
@@ -70,9 +85,10 @@ def baseline_for(prep: Inputs, baseline: Any) -> torch.Tensor:
         b = b.unsqueeze(0) if b.dim() == 2 else b
         if b.dim() != 3 or b.shape[1:] != (n, x.shape[2]) or b.shape[0] not in (1, x.shape[0]):
             raise MethodError(f"baseline has shape {tuple(baseline.shape)}; expected the prompt embeddings' shape "
-                              f"{(x.shape[0], n, x.shape[2])} (or {(n, x.shape[2])}).")
+                              f"{(x.shape[0], n, x.shape[2])} (or {(n, x.shape[2])}){note}.")
         fill = x.clone()
         fill[:, :n] = b
     else:
-        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', 'pad', a token id or a tensor.")
+        raise MethodError(f"baseline={baseline!r:.60} is not 'zeros', 'pad', a token id or a tensor of the prompt "
+                          f"embeddings' shape{note}; pass one of those.")
     return torch.where(_prompt_mask(prep).unsqueeze(-1), fill, x)

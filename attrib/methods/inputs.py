@@ -23,6 +23,7 @@ list of results (also a list of one string gives a list of one).
 
 from __future__ import annotations
 
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -30,12 +31,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..core.model import Model
-from ..errors import InputError, MethodError, TargetError, TrainModeWarning
+from ..errors import InputError, MethodError, NoGradError, TargetError, TrainModeWarning
 from ..models.language import LanguageModel
 from ..models.sites import Site, first_tensor, site
 from .targets import Target, logits_of, resolve_targets, token_scores
 
-__all__ = ["Inputs", "prepare", "check_batch_size"]
+__all__ = ["Inputs", "prepare", "check_batch_size", "check_grad_mode", "check_finite_inputs", "nonfinite"]
 
 
 @dataclass
@@ -76,8 +77,11 @@ class Inputs:
             value = metric(logits)
             rows = items.shape[0]
             if not isinstance(value, torch.Tensor) or value.shape != (rows,):
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise TargetError(f"metric(logits) must return a tensor of shape (batch,) = ({rows},), got {got}.")
+                got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TargetError(
+                    f"metric={_name(metric)} must return one score per row of its logits, shape (batch,), but for "
+                    f"logits of shape {tuple(logits.shape)} ({self._copies(rows)}) it returned {got}; reduce the "
+                    "other dimensions, e.g. lambda logits: logits[:, -1, token_id].")
             return value.unsqueeze(1)
         contrast = None if self.contrast is None else self.contrast[items]
         return token_scores(logits_of(output), self.ids[items], contrast, self.targets[0].score)
@@ -85,11 +89,86 @@ class Inputs:
     def describe(self, i: int) -> str:
         return self.targets[i].describe()
 
+    def _copies(self, rows: int) -> str:
+        """How a pass's ``rows`` relate to the caller's inputs, for messages."""
+        yours = f"your {self.n_items} input{'s' if self.n_items > 1 else ''}"
+        if rows == self.n_items:
+            return f"{yours}, one row each"
+        return f"{yours} copied into {rows} rows, one per interpolation step, noisy sample or patch"
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
 
 def check_batch_size(batch_size: Any) -> int | None:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise MethodError(f"batch_size must be a positive int or None (as many rows as fit), got {batch_size!r}.")
-    return batch_size
+    """``batch_size`` as a positive int (numpy and 0-d tensor ints too) or None, else one clear error."""
+    if batch_size is None:
+        return None
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        size = operator.index(batch_size)
+    except TypeError:
+        size = 0
+    if size < 1:
+        raise MethodError(f"batch_size must be a positive int or None (as many rows as fit), got {batch_size!r:.40}; "
+                          "pass e.g. batch_size=32, or leave it out.")
+    return size
+
+
+def check_grad_mode(method: str, model: Any) -> None:
+    """Gradients are possible here: not under ``torch.inference_mode()``, and the model's parameters are not
+    inference tensors (``torch.no_grad()`` is fine: the passes turn gradients on themselves)."""
+    if torch.is_inference_mode_enabled():
+        raise NoGradError(f"attrib.{method}() was called under torch.inference_mode(), where no gradients can be "
+                          "computed; call it outside that block (torch.no_grad() is fine: the method turns gradients "
+                          "on where it needs them).")
+    if isinstance(model, Model):
+        for name, param in model.module.named_parameters():
+            if param.is_inference():
+                raise NoGradError(f"attrib.{method}() needs gradients through the model, but its parameter {name} is "
+                                  "an inference tensor (the model was built or loaded under torch.inference_mode()); "
+                                  "load the model outside that block (torch.no_grad() is fine).")
+
+
+def nonfinite(t: torch.Tensor) -> str | None:
+    """A short account of ``t``'s inf/NaN values (count, shape, first index), or None when all are finite.
+
+    >>> nonfinite(torch.tensor([[0.0, float("nan")], [float("nan"), 1.0]]))
+    '2 NaN of 4 values, the first at index (0, 1)'
+    """
+    if not t.is_floating_point() and not t.is_complex():
+        return None
+    bad = ~torch.isfinite(t)
+    count = int(bad.sum())
+    if not count:
+        return None
+    n_nan = int(torch.isnan(t).sum())
+    kind = "NaN" if n_nan == count else "inf" if n_nan == 0 else "NaN/inf"
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    return f"{count} {kind} of {t.numel()} values, the first at index {first}"
+
+
+def check_finite_inputs(prep: "Inputs") -> None:
+    """Refuse inputs whose attributed values are not finite (every attribution would be NaN): on a language
+    model the embeddings of some tokens (the model's weights), on a plain model the input tensor."""
+    found = nonfinite(prep.x)
+    if found is None:
+        return
+    if not isinstance(prep.model, LanguageModel):
+        raise InputError(f"the inputs (shape {tuple(prep.x.shape)}) contain {found}, so every attribution would be "
+                         "NaN; replace them first, e.g. with torch.nan_to_num(inputs).")
+    bad = ~torch.isfinite(prep.x.flatten(2)).all(-1)                       # (items, positions)
+    item = int(bad.any(1).nonzero()[0])
+    keep = prep.keep[item].tolist()
+    at = [keep.index(p) for p in bad[item].nonzero().flatten().tolist() if p in keep]
+    what = f"positions {at} (tokens {[prep.labels[item][p] for p in at]})" if at else \
+        f"the target's teacher-forced tokens {prep.output_labels[item]}"
+    kind = "NaN" if torch.isnan(prep.x).any() else "inf"
+    of = f" of input {item}" if prep.n_items > 1 else ""
+    raise InputError(f"the input embeddings{of} contain {kind} at {what}, so every attribution would be {kind}; the "
+                     "model's embedding weights are not finite for those token ids, fix or reload its weights.")
 
 
 def _has_dropout(module: torch.nn.Module) -> bool:
@@ -133,7 +212,10 @@ def _encode(model: LanguageModel, inputs: Any) -> tuple[dict[str, torch.Tensor],
                          "tensor.")
     if isinstance(inputs, Mapping):
         if "input_ids" not in inputs:
-            raise InputError(f"a dict of inputs needs 'input_ids' (got keys {sorted(inputs)}).")
+            hint = (" (precomputed inputs_embeds are not taken: the methods compute and attribute the embeddings "
+                    "of the ids themselves)") if "inputs_embeds" in inputs else ""
+            raise InputError(f"a dict of inputs needs 'input_ids', got keys {sorted(inputs)}{hint}; pass the token "
+                             "ids.")
         ids = torch.as_tensor(inputs["input_ids"])
         mask = inputs.get("attention_mask")
         ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
@@ -178,18 +260,9 @@ def _vocab(model: Model) -> int | None:
     return getattr(getattr(model.module, "config", None), "vocab_size", None)
 
 
-def _context_length(model: Model) -> int | None:
-    config = getattr(model.module, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def token_strings(model: LanguageModel, ids: Sequence[int]) -> list[str]:
-    tok = model.tokenizer
-    return [str(int(i)) for i in ids] if tok is None else [tok.decode([int(i)]) for i in ids]
+    """Labels that join back into the decoded text (:mod:`attrib.models.text`)."""
+    return model.token_labels(ids)
 
 
 def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: str,
@@ -223,10 +296,7 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
         for key, value in extra.items():    # continue each per-token input over the continuation
             step = torch.arange(1, n_cont + 1, device=value.device) if key == "position_ids" else 0
             extra[key] = torch.cat([value, value[:, -1:].expand(-1, n_cont) + step], 1)
-    limit = _context_length(model)
-    if limit is not None and full_ids.shape[1] > limit:
-        raise InputError(f"the prompt and target take {full_ids.shape[1]} tokens, more than the model's context of "
-                         f"{limit}; shorten the prompt.")
+    model.check_length(full_ids.shape[1], "the prompt and target" if cont.shape[1] else "the prompt")
     where = site(model, "embed")
     with torch.no_grad():
         x = first_tensor(where.envoy(model).module(full_ids)).detach()

@@ -28,7 +28,7 @@ from ..models.sites import Site, site
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
-from .inputs import Inputs, check_batch_size, prepare, token_strings
+from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, nonfinite, prepare, token_strings
 from .passes import gradient_at, jacobian_at, values_at
 from .quadrature import quadrature
 
@@ -70,49 +70,78 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     if method is not None and method != rule and rule != "gausslegendre":
         raise MethodError(f"rule={rule!r} and method={method!r} disagree; method= is Captum's name for rule=, "
                           "pass one of them.")
+    check_grad_mode("integrated_gradients", model)
     rule = rule if method is None else method
-    alphas, weights = quadrature(rule, n_steps)
-    check_batch_size(batch_size)
+    alphas, weights = quadrature(rule, n_steps, "rule" if method is None else "method")
+    batch_size = check_batch_size(batch_size)
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
+    check_finite_inputs(prep)
     if per_token and prep.ids is None:
         raise MethodError("per_token=True needs a token target, not a metric.")
     where = prep.site if layer is None else site(model, layer)
     if where.name == prep.site.name and not prep.x.is_floating_point():
         raise MethodError(f"the inputs are {prep.x.dtype}, which has no gradient; pass layer=... (a site name or the "
                           "embedding module's path) to attribute to a module's output.")
-    b_in = baseline_for(prep, baseline) if prep.x.is_floating_point() else _integer_baseline(prep, baseline)
+    at_layer = where.name != prep.site.name
+    layer_name = where.name if at_layer else None
+    b_in = baseline_for(prep, baseline, layer_name) if prep.x.is_floating_point() else \
+        _integer_baseline(prep, baseline, where.name)
     everything = torch.arange(prep.n_items, device=prep.x.device)
-    if where.name == prep.site.name:
+    if not at_layer:
         x, b = prep.x, b_in
     else:
         args, kwargs = prep.call(everything)
         x = values_at(model, [where], args, kwargs)[0]
-        b = values_at(model, [where], args, kwargs, replace=(prep.site, b_in))[0]
+        try:     # the same forward ran on the inputs just now: what fails here is the baseline's fault
+            b = values_at(model, [where], args, kwargs, replace=(prep.site, b_in))[0]
+        except (IndexError, RuntimeError, ValueError) as err:
+            raise MethodError(f"the model fails on baseline={_describe(baseline)} although it runs on the inputs "
+                              f"({type(err).__name__}: {str(err)[:80]}); with layer={where.name!r} the baseline is "
+                              "still an input, so pass one the model accepts (e.g. 'zeros' or a valid token id)."
+                              ) from err
         if isinstance(model, LanguageModel) and (x.dim() < 3 or x.shape[1] < prep.n_prompt):
             raise MethodError(f"layer={where.name!r} has a value of shape {tuple(x.shape)}, not one vector per "
                               f"position of the {prep.n_prompt}-token prompt (the head computes only the last "
                               "positions); attribute to a site before it, e.g. 'resid_post.-1'.")
     n_out = prep.n_out if per_token else 1
     attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
-    _check_finite(attr, rule, baseline)
+    _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
     info = {"rule": rule, "n_steps": len(alphas), "layer": "embeddings" if layer is None else where.name,
             "baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor"}
-    at_layer = where.name != prep.site.name
     results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, info)
                for i in range(prep.n_items)]
     return results[0] if prep.single else results
 
 
-def _integer_baseline(prep: Inputs, baseline: Any) -> torch.Tensor:
-    """A plain model with integer inputs (layer IG on its own embedding): the baseline is an input of ids."""
-    if isinstance(baseline, str) and baseline == "zeros":
-        return torch.zeros_like(prep.x)
-    if isinstance(baseline, int) and not isinstance(baseline, bool):
-        return torch.full_like(prep.x, baseline)
+def _describe(baseline: Any) -> str:
+    """The user's baseline for a message: its repr, or a tensor's shape and dtype."""
     if isinstance(baseline, torch.Tensor):
-        return baseline.to(prep.x).expand_as(prep.x)
-    raise MethodError(f"baseline={baseline!r:.60}: integer inputs take 'zeros', an id or a tensor of ids.")
+        return f"<tensor of shape {tuple(baseline.shape)}, {baseline.dtype}>"
+    return f"{baseline!r:.60}"
+
+
+def _integer_baseline(prep: Inputs, baseline: Any, layer: str) -> torch.Tensor:
+    """A plain model with integer inputs (layer IG on its own embedding): the baseline is an input of ids."""
+    x = prep.x
+    expected = f"integer ids like the inputs, of their shape {tuple(x.shape)} or one that broadcasts to it"
+    if isinstance(baseline, str) and baseline == "zeros":
+        return torch.zeros_like(x)
+    if isinstance(baseline, int) and not isinstance(baseline, bool):
+        if not torch.iinfo(x.dtype).min <= baseline <= torch.iinfo(x.dtype).max:
+            raise MethodError(f"baseline={baseline} does not fit the inputs' {x.dtype}; pass a valid id.")
+        return torch.full_like(x, baseline)
+    if isinstance(baseline, torch.Tensor):
+        if baseline.is_floating_point() or baseline.is_complex() or baseline.dtype == torch.bool:
+            raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: the baseline is an input, "
+                              f"so it must be {expected}; pass e.g. 'zeros' or a tensor of ids.")
+        try:
+            return baseline.to(x).expand_as(x)
+        except RuntimeError:
+            raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: the baseline is an input, so "
+                              f"it must be {expected}; pass e.g. 'zeros' or a tensor of ids.") from None
+    raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: integer inputs take 'zeros', an id or "
+                      f"a tensor of {expected}; pass one of those.")
 
 
 def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alphas: list[float],
@@ -183,14 +212,32 @@ def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _check_finite(attr: torch.Tensor, rule: str, baseline: Any) -> None:
+def _check_finite(attr: torch.Tensor, rule: str, baseline: Any,
+                  ends: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], layer: str | None) -> None:
+    """Non-finite attributions: say why — a non-finite layer value or score on the input or baseline, or the
+    quadrature (advice naming another rule than the one in use)."""
     if torch.isfinite(attr).all():
         return
-    hint = ""
+    x, b, f_x, f_b = ends
+    base = f"baseline={_describe(baseline)}"
+    checks = [(f_x, "the target score on the inputs"), (f_b, f"the target score on {base}")]
+    if layer is not None:       # the inputs and the baseline themselves were checked before the passes
+        checks = [(x, f"the value of layer={layer!r} on the inputs"), (b, f"the value of layer={layer!r} on {base}"),
+                  *checks]
+    for value, what in checks:
+        found = nonfinite(value)
+        if found is not None:
+            raise NonFiniteAttributionError(
+                f"integrated gradients produced inf/NaN attributions because {what} has {found}; the model computes "
+                "inf/NaN there, so check its weights (or pass another baseline).")
     if rule in ("riemann_left", "riemann_trapezoid"):
-        hint = (f" rule={rule!r} evaluates the gradient at the baseline itself, where a zero baseline makes "
-                "RMSNorm/LayerNorm gradients blow up")
+        hint = (f"rule={rule!r} evaluates the gradient at the baseline itself, where a zero baseline makes "
+                "RMSNorm/LayerNorm gradients blow up; use rule='gausslegendre' (never evaluates the end points) or "
+                "another baseline such as 'pad'")
+    elif rule != "gausslegendre":
+        hint = "use rule='gausslegendre' (never evaluates the end points) or another baseline such as 'pad'"
+    else:
+        hint = ("the gradient is inf/NaN at a point inside the path, so pass another baseline (such as 'pad'), "
+                "another n_steps, or a bounded score such as score='prob'")
     raise NonFiniteAttributionError(
-        f"integrated gradients produced inf/NaN attributions (baseline={baseline!r}, rule={rule!r}).{hint}; "
-        "use rule='gausslegendre' (never evaluates the end points) or another baseline such as 'pad'."
-    )
+        f"integrated gradients produced inf/NaN attributions with finite inputs ({base}, rule={rule!r}); {hint}.")

@@ -50,7 +50,7 @@ from ..core.release import free_after_oom, is_oom, releasing
 from ..errors import MethodError
 from ..models.sites import Site, layout_for, schedule, site
 from ..results import PatchingResult
-from .inputs import Inputs, check_batch_size, prepare
+from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, prepare
 
 __all__ = ["attribution_patching", "activation_patching", "COMPONENTS", "DIRECTIONS"]
 
@@ -113,7 +113,7 @@ def _positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
     if positions is None:
         return list(range(n))
     out = set()
-    single = isinstance(positions, (int, float)) or (isinstance(positions, torch.Tensor) and positions.dim() == 0)
+    single = isinstance(positions, (int, float)) or getattr(positions, "ndim", None) == 0   # 0-d tensors, numpy
     if not single and not isinstance(positions, Iterable):
         raise MethodError(f"positions must be an int, a list of ints or None (every position), got {positions!r}.")
     for given in [positions] if single else positions:
@@ -122,10 +122,11 @@ def _positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
                 raise TypeError
             p = operator.index(given)
         except TypeError:
-            raise MethodError(f"positions must be ints (token positions, negative from the end), got {given!r} in "
-                              f"positions={positions!r}.") from None
+            raise MethodError(f"positions must be ints (token positions, negative from the end), got {given!r:.40} in "
+                              f"positions={positions!r:.60}; pass e.g. positions=[1, -1].") from None
         if not -n <= p < n:
-            raise MethodError(f"position {p} is outside the prompt of {n} tokens.")
+            raise MethodError(f"position {p} is outside the prompt of {n} tokens (positions={positions!r:.60}); pass "
+                              f"positions from {-n} to {n - 1} (negative ones count from the end).")
         out.add(p % n)
     if not out:
         raise MethodError("positions is empty; pass None for every position.")
@@ -147,6 +148,8 @@ def _pair(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, 
                 contrast=None if t.contrast_ids is None else list(t.contrast_ids), score=score, metric=metric)
     if not b.single:
         raise MethodError(f"corrupted must be one prompt, got {b.n_items}; patch pairs one at a time.")
+    check_finite_inputs(a)
+    check_finite_inputs(b)
     if a.x.shape != b.x.shape or not torch.equal(a.keep[0].cpu(), b.keep[0].cpu()):
         raise MethodError(
             f"clean and corrupted must have the same number of tokens so that positions correspond: clean has "
@@ -215,7 +218,8 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     restricts the positions axis; ``component_map`` describes an unknown layout. ``batch_size`` is accepted
     for the common signature: one pair takes one forward per prompt and one backward, whatever its value.
     """
-    check_batch_size(batch_size)
+    check_grad_mode("attribution_patching", model)
+    batch_size = check_batch_size(batch_size)
     pair = _pair(model, clean, corrupted, target, contrast, score, metric, components, direction, component_map,
                  positions)
     source, receiving = pair.source_receiving()
@@ -276,7 +280,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     32768 on CUDA; an out-of-memory error halves it and retries). Same arguments and result as
     :func:`attribution_patching`.
     """
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     pair = _pair(model, clean, corrupted, target, contrast, score, metric, components, direction, component_map,
                  positions)
     source, receiving = pair.source_receiving()

@@ -40,7 +40,7 @@ from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
 from .batching import run_rows
-from .inputs import check_batch_size, prepare
+from .inputs import check_batch_size, check_finite_inputs, check_grad_mode, prepare
 from .passes import gradient_at
 
 __all__ = ["saliency", "MODES", "SMOOTH_TYPES"]
@@ -56,9 +56,11 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
              batch_size: int | None = None) -> Attribution | list[Attribution]:
     """Gradient (``mode="grad"``) or gradient × input (``"grad_x_input"``) of the target score; see the module
     docstring. ``batch_size``: rows (items × noisy samples) per pass (``None``: all, halved on out-of-memory)."""
+    check_grad_mode("saliency", model)
     _check(mode, smooth, noise, smooth_type, seed)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
+    check_finite_inputs(prep)
     x = prep.x
     if not x.is_floating_point():
         raise MethodError(f"the input is {x.dtype}, which has no gradient; attribute to an embedding instead (for a "

@@ -22,8 +22,13 @@ import torch
 
 from ..core.model import Model
 from ..errors import InputError
+from .text import token_labels
 
-__all__ = ["LanguageModel", "accepts"]
+__all__ = ["LanguageModel", "accepts", "position_limit"]
+
+# names of learned absolute position embeddings (GPT-2's wpe, BERT's, OPT's and BART's): a token past their
+# last row indexes out of range; rotary (Llama) and relative (T5) positions have no such hard limit
+_POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions", "pos_embed", "pos_embedding")
 
 
 def accepts(module: torch.nn.Module, name: str) -> bool:
@@ -32,6 +37,21 @@ def accepts(module: torch.nn.Module, name: str) -> bool:
         return name in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def position_limit(module: torch.nn.Module) -> tuple[int, str] | None:
+    """(positions, module path) of the model's learned absolute position table, or None when it has none."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in _POSITION_TABLES:
+            offset = getattr(sub, "offset", 0)          # OPT and BART keep two rows before position 0
+            return sub.num_embeddings - (offset if isinstance(offset, int) else 0), name
+    return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
 class LanguageModel(Model):
@@ -69,13 +89,38 @@ class LanguageModel(Model):
         rows = []
         for i, p in enumerate(batch):
             where = "the prompt" if isinstance(prompts, str) else f"prompt {i} of the list"
-            if not isinstance(p, str) or not p.strip():
+            if not isinstance(p, str) or not p:
                 raise InputError(f"{where} is empty ({p!r}); pass text with at least one token.")
             ids = list(self.tokenizer(p)["input_ids"])
             if not ids:
-                raise InputError(f"{where} ({p!r}) tokenizes to no tokens; pass text with at least one token.")
+                what = " is whitespace-only and" if not p.strip() else ""
+                raise InputError(f"{where} ({_short(p)}){what} tokenizes to no tokens with this tokenizer; pass "
+                                 "text with at least one token.")
             rows.append(ids)
         return self.pad(rows)
+
+    def token_labels(self, ids: Sequence[int]) -> list[str]:
+        """One label per token id that joins back into the decoded text: a character split over several
+        byte-level tokens (an emoji) is labelled on the token that completes it (:mod:`attrib.models.text`)."""
+        return token_labels(self.tokenizer, ids)
+
+    @property
+    def max_positions(self) -> tuple[int, str] | None:
+        """(positions, module path) of a learned absolute position table that caps a prompt's length, else None."""
+        cached = self.__dict__.get("_position_limit", False)
+        if cached is False:
+            cached = position_limit(self._module)
+            object.__setattr__(self, "_position_limit", cached)
+        return cached
+
+    def check_length(self, n_tokens: int, what: str) -> None:
+        """Refuse ``n_tokens`` positions past the model's learned position table (it would index out of range)."""
+        limit = self.max_positions
+        if limit is not None and n_tokens > limit[0]:
+            verb = "take" if " and " in what else "takes"
+            raise InputError(f"{what} {verb} {n_tokens} tokens, more than the model's context of {limit[0]} "
+                             f"positions (the rows of its position embedding {limit[1]}); shorten it to at most "
+                             f"{limit[0]} tokens.")
 
     def pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Rows of token ids as one left-padded batch: ``input_ids`` and ``attention_mask``."""
@@ -107,6 +152,31 @@ class LanguageModel(Model):
         return kwargs
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        given = args[0] if args else None
+        args, kwargs = self._prepare_inputs(args, kwargs)
+        if self.max_positions is not None:
+            self._check_positions(given, kwargs)
+        return args, kwargs
+
+    def _check_positions(self, given: Any, kwargs: dict) -> None:
+        """A prompt longer than a learned position table: one clear error instead of torch's IndexError."""
+        for key, axis in (("input_ids", -1), ("inputs_embeds", -2), ("decoder_input_ids", -1)):
+            value = kwargs.get(key)
+            if not isinstance(value, torch.Tensor) or value.dim() < -axis or value.numel() == 0:
+                continue
+            n = value.shape[axis]
+            positions = kwargs.get("position_ids") if key != "decoder_input_ids" else None
+            if isinstance(positions, torch.Tensor) and positions.numel():
+                n = int(positions.max()) + 1
+            if isinstance(given, str) and key == "input_ids":
+                what = f"the prompt {_short(given)}"
+            elif isinstance(given, (list, tuple)) and given and key == "input_ids":
+                what = f"the longest of the {len(given)} prompts"
+            else:
+                what = f"model.trace()'s {key} of shape {tuple(value.shape)}"
+            self.check_length(n, what)
+
+    def _prepare_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
             first, rest = args[0], args[1:]
             if isinstance(first, str) or (isinstance(first, (list, tuple)) and first

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import InputError
 from ..viz.labels import quoted
 from .base import Result, check_k, jsonable
 
@@ -48,6 +49,17 @@ class PatchingResult(Result):
     metric_corrupted: float
     target: str
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """``positions`` are prompt positions, one per column of the scores: ints in range (negative ones
+        count from the end and are stored from the start), never wrapped around past either end."""
+        n, fixed = len(self.tokens), []
+        for p in self.positions:
+            if isinstance(p, bool) or not isinstance(p, int) or not -n <= p < n:
+                raise InputError(f"positions={list(self.positions)!r:.60} must hold prompt positions, ints from {-n} "
+                                 f"to {n - 1} for the {n} tokens, got {p!r}; pass the positions that were patched.")
+            fixed.append(p % n)
+        object.__setattr__(self, "positions", fixed)
 
     def top(self, k: int = 5) -> list[tuple[str, tuple[int, ...], float]]:
         """The ``k`` largest-|score| entries as ``(component, index, value)``; ``index`` is (layer, position)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .draw import grid_figure
-from .labels import position_labels, token_label
+from .labels import position_index, position_labels, token_label
 from .markup import grid_html
 from ..errors import PlotError
 from .options import HeatmapOptions, resolve, with_defaults
@@ -42,7 +42,8 @@ def layer_position_figure(values: np.ndarray, tokens: Sequence[str], options: He
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
         raise PlotError(f"values must be (layers, positions), got shape {values.shape}.")
-    cols = [tokens[p] for p in positions] if positions is not None else list(tokens)
+    cols = [tokens[position_index(p, len(tokens), "positions")] for p in positions] if positions is not None else \
+        list(tokens)
     if len(cols) != values.shape[1]:
         raise PlotError(f"{values.shape[1]} positions in values but {len(cols)} tokens.")
     layers = values.shape[0]

@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import operator
+from typing import Any, Sequence
+
+from ..errors import PlotError
 
 __all__ = ["SPACE", "NEWLINE", "TAB", "EMPTY", "MARKERS", "token_label", "mpl_text", "chunks", "position_labels",
-           "number", "quoted"]
+           "position_index", "number", "quoted"]
+
 
 def quoted(target: str) -> str:
     """A result's target as titles show it: ``' Paris'``; a contrast (already quoted) as it is.
@@ -62,6 +66,26 @@ def chunks(n: int, width: int) -> list[range]:
     return [range(start, min(n, start + width)) for start in range(0, n, width)]
 
 
+def position_index(position: Any, n: int, name: str = "position") -> int:
+    """A prompt position (negative counts from the end) as an index into ``range(n)``; anything else, a
+    position past either end included, is one clear :class:`~attrib.PlotError` (never wrapped around).
+
+    >>> position_index(-1, 11), position_index(3, 11)
+    (10, 3)
+    """
+    try:
+        if isinstance(position, bool):
+            raise TypeError
+        p = operator.index(position)
+    except TypeError:
+        raise PlotError(f"{name} must be an int (a prompt position, negative from the end), got {position!r:.40}; "
+                        "pass e.g. -1 for the last token.") from None
+    if not -n <= p < n:
+        raise PlotError(f"{name}={p} is outside the prompt of {n} tokens; pass a position from {-n} to {n - 1} "
+                        "(negative counts from the end).")
+    return p % n
+
+
 def position_labels(tokens: Sequence[str], positions: Sequence[int] | None = None) -> list[str]:
     """Tick labels of a position axis: token labels, prefixed by the position when ``positions`` is a subset.
 
@@ -70,6 +94,7 @@ def position_labels(tokens: Sequence[str], positions: Sequence[int] | None = Non
     """
     if positions is None:
         return [token_label(t) for t in tokens]
+    positions = [position_index(p, len(tokens), "positions") for p in positions]
     if list(positions) == list(range(len(tokens))):
         return [token_label(tokens[p]) for p in positions]
     return [f"{p}:{token_label(tokens[p])}" for p in positions]

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from .colours import scale_of
+from .images import image_figure, image_html, image_panels
 from .heatmap import layer_head_figure, layer_position_figure, layer_position_html
 from ..errors import PlotError
-from .labels import quoted, token_label
+from .labels import position_index, quoted, token_label
 from .markup import escape, grid_html, matrix_html, token_html
 from .options import HeatmapOptions, resolve, with_defaults
 from .tokens import matrix_figure, token_figure
@@ -61,6 +62,8 @@ def attribution_arrays(result: Any) -> tuple[np.ndarray, list[str] | None, list[
 def attribution_html(result: Any, options: HeatmapOptions | None = None, **overrides: Any) -> str:
     """One token heatmap row, or for a matrix a table with one row per output token on a shared scale."""
     options = with_defaults(resolve(options, **overrides), title=attribution_title(result))
+    if image_panels(result) is not None:
+        return image_html(result, options, MAX_CELLS)
     scores, rows, cols = attribution_arrays(result)
     if scores.size > MAX_CELLS:
         return (f"<div class='tex2jax_ignore mathjax_ignore'>{escape(attribution_title(result))}: "
@@ -74,6 +77,8 @@ def attribution_html(result: Any, options: HeatmapOptions | None = None, **overr
 def attribution_figure(result: Any, options: HeatmapOptions | None = None, **overrides: Any) -> Any:
     """A matplotlib Figure: the token heatmap (wrapped into rows) or the outputs × inputs matrix."""
     options = with_defaults(resolve(options, **overrides), title=attribution_title(result))
+    if image_panels(result) is not None:
+        return image_figure(result, options)
     scores, rows, cols = attribution_arrays(result)
     if scores.size > MAX_CELLS:
         raise PlotError(
@@ -89,8 +94,12 @@ def patching_figure(result: Any, component: str = "resid", position: int | None 
                     options: HeatmapOptions | None = None, **overrides: Any) -> Any:
     """A patching result's heatmap: layer × position for resid/attn/mlp; layer × head for heads, summed over
     positions or at prompt position ``position`` (negative counts from the end)."""
-    if component not in result.scores:
-        raise PlotError(f"no scores for {component!r}; this result has {', '.join(result.scores)}.")
+    if not isinstance(component, str) or component not in result.scores:
+        raise PlotError(f"no scores for {component!r:.40} (the component argument) in this result; pass one of "
+                        f"{', '.join(map(repr, result.scores))}.")
+    if position is not None and component != "heads":
+        raise PlotError(f"position={position!r:.20} applies to component 'heads' only (layer × head at one "
+                        f"position); {component!r} is drawn layer × position, so leave position out.")
     values = result.scores[component].detach().cpu().double().numpy()
     opts = with_defaults(resolve(options, **overrides), units="Δ metric")
     title = patching_title(result, component)
@@ -100,9 +109,10 @@ def patching_figure(result: Any, component: str = "resid", position: int | None 
     if position is None:
         values, where = values.sum(-1), "summed over positions"
     else:
-        p = position % len(result.tokens)
+        p = position_index(position, len(result.tokens))
         if p not in result.positions:
-            raise PlotError(f"position {position} was not patched; patched positions: {result.positions}.")
+            raise PlotError(f"position={position} (prompt position {p}) was not patched; pass one of the patched "
+                            f"positions {result.positions}.")
         values, where = values[:, :, result.positions.index(p)], f"at position {p} ({result.tokens[p]!r})"
     return layer_head_figure(values, with_defaults(opts, title=f"{title}\n{where}"))
 

@@ -134,10 +134,17 @@ def test_string_prompt_without_tokenizer(gpt2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prompt", ["", "   ", [], ["ok", ""]])
+@pytest.mark.parametrize("prompt", ["", [], ["ok", ""]])
 def test_empty_prompt(demo, prompt):
     with pytest.raises(attrib.InputError, match="empty"):
         demo.trace(prompt)
+
+
+@pytest.mark.slow
+def test_whitespace_prompt_with_tokens_is_a_prompt(demo):
+    with demo.trace("   "):           # byte-level BPE gives whitespace tokens: a legitimate input (issue 9)
+        logits = demo.output.logits.save()
+    assert logits.shape[:2] == (1, len(demo.tokenizer("   ")["input_ids"]))
 
 
 def test_empty_token_tensor(gpt2):

@@ -33,7 +33,7 @@ def test_bad_names_say_what_exists(llama):
         site(llama, "resid_post.5")
     with pytest.raises(attrib.LayoutError, match="needs a layer index"):
         site(llama, "resid_post")
-    with pytest.raises(attrib.LayoutError, match="neither a site name .* did you mean 'layers'"):
+    with pytest.raises(attrib.LayoutError, match="neither a site name .*did you mean 'layers'"):
         site(llama, "model.layerz.0")
 
 

@@ -215,5 +215,8 @@ def test_results_too_large_for_a_heatmap_say_so():
     a = attrib.integrated_gradients(net, torch.rand(1, 3, 32, 32), target=0, n_steps=2)
     page = a._repr_html_()
     assert len(page) < 1000 and "3072 values" in page
-    with pytest.raises(attrib.PlotError, match=r"3072 values .* plot \.scores yourself"):
-        a.plot()
+    assert len(a.plot().axes) == 3 + 1          # an image is drawn as one panel per channel and a colour bar
+    many = attrib.Model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(17 * 4 * 4, 2)))
+    b = attrib.saliency(many, torch.rand(1, 17, 4, 4), target=0)
+    with pytest.raises(attrib.PlotError, match=r"17 panels .* plt\.imshow"):
+        b.plot()
