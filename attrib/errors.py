@@ -44,7 +44,8 @@ class AttribError(Exception):
 
 # -- tracing ------------------------------------------------------------------------------------------
 class InputError(AttribError, ValueError):
-    """Inputs that the model cannot be traced with (empty prompt, wrong device, no tokenizer...)."""
+    """Inputs that the model cannot be traced with (empty prompt, wrong device, no tokenizer, ids outside the
+    vocabulary...)."""
 
 
 class ModulePathError(AttribError, AttributeError):
@@ -148,7 +149,8 @@ class NonFiniteAttributionError(AttribError, FloatingPointError):
 
 
 class ResultFileError(AttribError, ValueError):
-    """A saved result that cannot be read back (missing file, another kind of result, a newer format)."""
+    """A result file that cannot be written or read back (a path that is no path, a missing folder or file, a
+    malformed header, another kind of result, a newer format)."""
 
 
 # -- drawing ------------------------------------------------------------------------------------------

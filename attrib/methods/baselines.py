@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import MethodError
+from ..models.ids import as_int
 from ..models.language import LanguageModel
 from ..models.sites import first_tensor
 from .inputs import Inputs, nonfinite
@@ -54,12 +55,13 @@ def baseline_for(prep: Inputs, baseline: Any, layer: str | None = None) -> torch
 
 def _baseline(prep: Inputs, baseline: Any, note: str) -> torch.Tensor:
     x, model = prep.x, prep.model
-    is_number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
+    token = as_int(baseline)            # Python, numpy and 0-d tensor ints (never a bool)
+    is_number = token is not None or (isinstance(baseline, float) and not isinstance(baseline, bool))
     if not isinstance(model, LanguageModel):
         if isinstance(baseline, str) and baseline == "zeros":
             return torch.zeros_like(x)
         if is_number:
-            return torch.full_like(x, float(baseline))
+            return torch.full_like(x, float(baseline if token is None else token))
         if isinstance(baseline, torch.Tensor):
             try:
                 return baseline.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
@@ -70,8 +72,8 @@ def _baseline(prep: Inputs, baseline: Any, note: str) -> torch.Tensor:
                           f"shape{note}; pass one of those.")
     if isinstance(baseline, str) and baseline == "zeros":
         fill = torch.zeros_like(x)
-    elif (isinstance(baseline, str) and baseline == "pad") or (is_number and isinstance(baseline, int)):
-        token = model.pad_id if isinstance(baseline, str) else baseline
+    elif (isinstance(baseline, str) and baseline == "pad") or token is not None:
+        token = model.pad_id if token is None else token
         embedding = prep.site.envoy(model).module
         size = embedding.weight.shape[0]
         if not 0 <= int(token) < size:

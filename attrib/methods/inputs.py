@@ -13,7 +13,8 @@ one item and gives one result; a list of strings, or a tensor / ``BatchEncoding`
 list of results (also a list of one string gives a list of one).
 
 - Language models (:class:`attrib.LanguageModel`): ``inputs`` is text, a list of texts, token ids ``(T,)`` /
-  ``(N, T)``, or a ``BatchEncoding`` / dict with ``input_ids`` (and ``attention_mask``; right padding is
+  ``(N, T)`` (a tensor, a numpy integer array, a list of ints, or a list of rows of ints, left-padded; every id
+  inside the vocabulary), or a ``BatchEncoding`` / dict with ``input_ids`` (and ``attention_mask``; right padding is
   moved to the left). The attributed values are the input embeddings (site ``embed``); the prompts are
   extended by the targets' teacher-forced continuation (for an encoder-decoder such as T5, the decoder's
   input is the start token and the continuation).
@@ -32,8 +33,10 @@ import torch
 
 from ..core.model import Model
 from ..errors import InputError, MethodError, NoGradError, TargetError, TrainModeWarning
+from ..models.ids import as_ids
 from ..models.language import LanguageModel
 from ..models.sites import Site, first_tensor, site
+from .batching import run_rows
 from .targets import Target, logits_of, resolve_targets, token_scores
 
 __all__ = ["Inputs", "prepare", "check_batch_size", "check_grad_mode", "check_finite_inputs", "nonfinite"]
@@ -185,31 +188,41 @@ def _has_dropout(module: torch.nn.Module) -> bool:
 
 
 def prepare(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
-            metric: Callable | None = None) -> Inputs:
-    """Resolve inputs and targets once, for any method (see the module docstring)."""
+            metric: Callable | None = None, batch_size: int | None = None, name: str = "inputs") -> Inputs:
+    """Resolve inputs and targets once, for any method (see the module docstring). ``batch_size``: rows per
+    forward of the prediction pass that ``target=None`` needs (``None``: all, halved on out-of-memory);
+    ``name``: the argument that ``inputs`` came in, for messages."""
     if isinstance(model, Model) and model.module.training and _has_dropout(model.module):
         warnings.warn(
             f"the model ({type(model.module).__name__}) is in train mode, so dropout makes every forward random "
             "and two identical calls give different attributions; call model.module.eval() first.",
             TrainModeWarning, stacklevel=3)
     if isinstance(model, LanguageModel):
-        return _language(model, inputs, target, contrast, score, metric)
+        return _language(model, inputs, target, contrast, score, metric, batch_size, name)
     if isinstance(model, Model):
-        return _plain(model, inputs, target, contrast, score, metric)
+        return _plain(model, inputs, target, contrast, score, metric, batch_size)
     raise MethodError(f"model must be an attrib.Model or attrib.LanguageModel, got {type(model).__name__}; wrap "
                       "it with attrib.Model(module) or attrib.LanguageModel(hf_model, tokenizer).")
 
 
 # -- language models ----------------------------------------------------------------------------------
-def _encode(model: LanguageModel, inputs: Any) -> tuple[dict[str, torch.Tensor], bool]:
-    """(left-padded ids and mask, one item?) for any accepted form of prompts."""
+def _encode(model: LanguageModel, inputs: Any, name: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """(left-padded ids and mask, one item?) for any accepted form of prompts (``name``: the argument), every id
+    inside the model's vocabulary."""
+    enc, single = _encoded(model, inputs, name)
+    model.check_ids(enc["input_ids"], name)
+    return enc, single
+
+
+def _encoded(model: LanguageModel, inputs: Any, name: str) -> tuple[dict[str, torch.Tensor], bool]:
     if isinstance(inputs, str):
         return model.tokenize(inputs), True
+    given = as_ids(inputs, name)
+    if isinstance(given, list):                     # rows of token ids: a left-padded batch, one result per row
+        return model.pad(given), False
+    inputs = inputs if given is None else given
     if isinstance(inputs, (list, tuple)):
-        if inputs and all(isinstance(p, str) for p in inputs):
-            return model.tokenize(list(inputs)), False
-        raise InputError(f"a list of inputs must be a list of strings, got {inputs!r:.80}; pass token ids as a "
-                         "tensor.")
+        return model.tokenize(list(inputs)), False      # strings (as_ids refused any other list); [] is refused
     if isinstance(inputs, Mapping):
         if "input_ids" not in inputs:
             hint = (" (precomputed inputs_embeds are not taken: the methods compute and attribute the embeddings "
@@ -265,9 +278,22 @@ def token_strings(model: LanguageModel, ids: Sequence[int]) -> list[str]:
     return model.token_labels(ids)
 
 
+def _predicted(model: Model, call: Callable[[torch.Tensor], tuple[tuple, dict]], n_items: int,
+               batch_size: int | None, like: torch.Tensor) -> torch.Tensor:
+    """(items, classes): each item's logits at its last position, from no-grad forwards of ``batch_size`` rows
+    (``None``: all at once, halved on out-of-memory, like every batched pass)."""
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        args, kwargs = call(rows)
+        with torch.no_grad():
+            return logits_of(model.module(*args, **kwargs))[:, -1]
+
+    return run_rows(run, n_items, lambda rows: rows, n_items, batch_size, like=like,
+                    remember=(model.module, ("predict", tuple(like.shape[1:]), like.dtype)))
+
+
 def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: str,
-              metric: Callable | None) -> Inputs:
-    enc, single = _encode(model, inputs)
+              metric: Callable | None, batch_size: int | None, name: str) -> Inputs:
+    enc, single = _encode(model, inputs, name)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     n_items, n_prompt = ids.shape
@@ -278,10 +304,11 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
                          "its config; set it.")
     last = None
     if target is None and metric is None:
-        with torch.no_grad():
-            first_dec = {"decoder_input_ids": torch.full((n_items, 1), start, device=ids.device)} if seq2seq else {}
-            out = model.module(**{**model.call_kwargs(ids, mask, keep=1), **first_dec, **extra})
-        last = logits_of(out)[:, -1]
+        def call(rows: torch.Tensor) -> tuple[tuple, dict]:
+            first = {"decoder_input_ids": torch.full((len(rows), 1), start, device=ids.device)} if seq2seq else {}
+            return (), {**model.call_kwargs(ids[rows], mask[rows], keep=1), **first,
+                        **{k: v[rows] for k, v in extra.items()}}
+        last = _predicted(model, call, n_items, batch_size, ids)
     targets = resolve_targets(model, n_items, last, target, contrast, score, metric, model.tokenizer, _vocab(model))
     cont = torch.tensor([t.continuation() for t in targets], dtype=ids.dtype, device=ids.device)
     cont = cont.reshape(n_items, -1)
@@ -320,7 +347,8 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
 
 
 # -- plain models -------------------------------------------------------------------------------------
-def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, metric: Callable | None) -> Inputs:
+def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, metric: Callable | None,
+           batch_size: int | None) -> Inputs:
     if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
         raise InputError(f"a text prompt ({inputs!r:.60}) was given to attrib.Model({type(model.module).__name__}), "
                          "which has no tokenizer; wrap the model with attrib.LanguageModel(hf_model, tokenizer) or "
@@ -334,9 +362,9 @@ def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, me
                          f".to({str(model.device)!r}) first.")
     x = inputs.detach()
     n = x.shape[0]
-    with torch.no_grad():      # the classes each row predicts (for target=None) and how many there are
-        rows = x if target is None and metric is None else x[:1]
-        last = logits_of(model.module(rows))[:, -1]
+    # the classes each row predicts (for target=None), else how many there are (from one row)
+    last = _predicted(model, lambda rows: ((x[rows],), {}), n if target is None and metric is None else 1,
+                      batch_size, x)
     targets = resolve_targets(model, n, last, target, contrast, score, metric, None, last.shape[-1], language=False)
     if targets[0].metric is None and targets[0].n_tokens != 1:
         raise TargetError(f"target={target!r:.60}: a plain model takes one class id per row (an int, or a list of "

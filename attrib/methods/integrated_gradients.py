@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..core.envoy import Envoy
 from ..core.model import Model
 from ..core.release import releasing
 from ..errors import MethodError, NonFiniteAttributionError
+from ..models.ids import as_int
 from ..models.language import LanguageModel
 from ..models.sites import Site, site
 from ..results import Attribution
@@ -71,10 +73,14 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
         raise MethodError(f"rule={rule!r} and method={method!r} disagree; method= is Captum's name for rule=, "
                           "pass one of them.")
     check_grad_mode("integrated_gradients", model)
+    if not isinstance(per_token, (bool, np.bool_)):
+        raise MethodError(f"per_token must be True or False, got {per_token!r:.40}; pass per_token=True for one row "
+                          "of attributions per target token.")
+    per_token = bool(per_token)
     rule = rule if method is None else method
     alphas, weights = quadrature(rule, n_steps, "rule" if method is None else "method")
     batch_size = check_batch_size(batch_size)
-    prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
+    prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric, batch_size=batch_size)
     check_finite_inputs(prep)
     if per_token and prep.ids is None:
         raise MethodError("per_token=True needs a token target, not a metric.")
@@ -86,19 +92,10 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     layer_name = where.name if at_layer else None
     b_in = baseline_for(prep, baseline, layer_name) if prep.x.is_floating_point() else \
         _integer_baseline(prep, baseline, where.name)
-    everything = torch.arange(prep.n_items, device=prep.x.device)
     if not at_layer:
         x, b = prep.x, b_in
     else:
-        args, kwargs = prep.call(everything)
-        x = values_at(model, [where], args, kwargs)[0]
-        try:     # the same forward ran on the inputs just now: what fails here is the baseline's fault
-            b = values_at(model, [where], args, kwargs, replace=(prep.site, b_in))[0]
-        except (IndexError, RuntimeError, ValueError) as err:
-            raise MethodError(f"the model fails on baseline={_describe(baseline)} although it runs on the inputs "
-                              f"({type(err).__name__}: {str(err)[:80]}); with layer={where.name!r} the baseline is "
-                              "still an input, so pass one the model accepts (e.g. 'zeros' or a valid token id)."
-                              ) from err
+        x, b = _layer_value(prep, where, None, batch_size), _layer_value(prep, where, b_in, batch_size)
         if isinstance(model, LanguageModel) and (x.dim() < 3 or x.shape[1] < prep.n_prompt):
             raise MethodError(f"layer={where.name!r} has a value of shape {tuple(x.shape)}, not one vector per "
                               f"position of the {prep.n_prompt}-token prompt (the head computes only the last "
@@ -108,10 +105,18 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
     info = {"rule": rule, "n_steps": len(alphas), "layer": "embeddings" if layer is None else where.name,
-            "baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor"}
+            "baseline": _baseline_info(baseline)}
     results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, info)
                for i in range(prep.n_items)]
     return results[0] if prep.single else results
+
+
+def _baseline_info(baseline: Any) -> Any:
+    """The baseline as a result's info records it: a name, a number, or "tensor"."""
+    if isinstance(baseline, (str, float)):
+        return baseline
+    number = as_int(baseline)
+    return "tensor" if number is None else number
 
 
 def _describe(baseline: Any) -> str:
@@ -122,26 +127,57 @@ def _describe(baseline: Any) -> str:
 
 
 def _integer_baseline(prep: Inputs, baseline: Any, layer: str) -> torch.Tensor:
-    """A plain model with integer inputs (layer IG on its own embedding): the baseline is an input of ids."""
+    """A plain model with integer inputs (layer IG on its own embedding): the baseline is an input of ids,
+    checked against the model's embedding up front (the model would fail on an id outside it)."""
     x = prep.x
     expected = f"integer ids like the inputs, of their shape {tuple(x.shape)} or one that broadcasts to it"
+    number = as_int(baseline)
     if isinstance(baseline, str) and baseline == "zeros":
-        return torch.zeros_like(x)
-    if isinstance(baseline, int) and not isinstance(baseline, bool):
-        if not torch.iinfo(x.dtype).min <= baseline <= torch.iinfo(x.dtype).max:
-            raise MethodError(f"baseline={baseline} does not fit the inputs' {x.dtype}; pass a valid id.")
-        return torch.full_like(x, baseline)
-    if isinstance(baseline, torch.Tensor):
+        b = torch.zeros_like(x)
+    elif number is not None:
+        if not torch.iinfo(x.dtype).min <= number <= torch.iinfo(x.dtype).max:
+            raise MethodError(f"baseline={number} does not fit the inputs' {x.dtype}; pass a valid id.")
+        b = torch.full_like(x, number)
+    elif isinstance(baseline, torch.Tensor):
         if baseline.is_floating_point() or baseline.is_complex() or baseline.dtype == torch.bool:
             raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: the baseline is an input, "
                               f"so it must be {expected}; pass e.g. 'zeros' or a tensor of ids.")
         try:
-            return baseline.to(x).expand_as(x)
+            b = baseline.to(x).expand_as(x)
         except RuntimeError:
             raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: the baseline is an input, so "
                               f"it must be {expected}; pass e.g. 'zeros' or a tensor of ids.") from None
-    raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: integer inputs take 'zeros', an id or "
-                      f"a tensor of {expected}; pass one of those.")
+    else:
+        raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r}: integer inputs take 'zeros', an id "
+                          f"or a tensor of {expected}; pass one of those.")
+    # the embedding that takes the inputs: the first one that every input id fits
+    top = int(x.max())
+    size = next((m.num_embeddings for m in prep.model.module.modules()
+                 if isinstance(m, torch.nn.Embedding) and m.num_embeddings > top), None)
+    bad = None if size is None else (b < 0) | (b >= size)
+    if bad is not None and bool(bad.any()):
+        raise MethodError(f"baseline={_describe(baseline)} with layer={layer!r} holds id {int(b[bad][0])}, outside "
+                          f"the model's embedding of {size} rows; the baseline is still an input, so pass ids from 0 "
+                          f"to {size - 1} (or 'zeros').")
+    return b
+
+
+def _layer_value(prep: Inputs, where: Site, replace: torch.Tensor | None, batch_size: int | None) -> torch.Tensor:
+    """``where``'s value on every item (with ``prep.site``'s value replaced by ``replace``: the baseline's), from
+    no-grad passes of ``batch_size`` rows (``None``: all at once, halved on out-of-memory)."""
+    model = prep.model
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        args, kwargs = prep.call(rows)
+        value = values_at(model, [where], args, kwargs, None if replace is None else (prep.site, replace[rows]))[0]
+        if value.dim() == 0 or value.shape[0] != len(rows):
+            raise MethodError(f"layer={where.name!r} has a value of shape {tuple(value.shape)} for {len(rows)} input "
+                              "rows, not one value per row; attribute to a module whose output has the batch first.")
+        return value
+
+    key = ("layer values", where.name, tuple(prep.x.shape[1:]), prep.x.dtype)
+    return run_rows(run, prep.n_items, lambda rows: rows, prep.n_items, batch_size, like=prep.x,
+                    remember=(model.module, key))
 
 
 def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alphas: list[float],

@@ -100,7 +100,12 @@ class _Pair:
 
 
 def _components(components: Iterable[str] | str) -> tuple[str, ...]:
-    comps = tuple(dict.fromkeys((components,) if isinstance(components, str) else components))
+    names = (components,) if isinstance(components, str) else \
+        tuple(components) if isinstance(components, Iterable) else (None,)
+    if not all(isinstance(c, str) for c in names):
+        raise MethodError(f"components={components!r:.60} is not a component name or a list of them; pass e.g. "
+                          f"components=('resid', 'heads'), or leave it out for all of {', '.join(COMPONENTS)}.")
+    comps = tuple(dict.fromkeys(names))
     for c in comps or ("",):
         if c not in COMPONENTS:
             what = f"unknown component {c!r}" if comps else "components is empty"
@@ -140,13 +145,14 @@ def _pair(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, 
     if direction not in DIRECTIONS:
         raise MethodError(f"direction={direction!r} is not one of 'denoise' (patch clean into corrupted) or "
                           "'noise' (patch corrupted into clean).")
-    a = prepare(model, clean, target=target, contrast=contrast, score=score, metric=metric)
-    if not a.single:
+    a = prepare(model, clean, target=target, contrast=contrast, score=score, metric=metric, name="clean")
+    if a.n_items != 1:
         raise MethodError(f"clean must be one prompt, got {a.n_items}; patch pairs one at a time.")
     t = a.targets[0]
     b = prepare(model, corrupted, target=None if t.metric is not None else list(t.ids),
-                contrast=None if t.contrast_ids is None else list(t.contrast_ids), score=score, metric=metric)
-    if not b.single:
+                contrast=None if t.contrast_ids is None else list(t.contrast_ids), score=score, metric=metric,
+                name="corrupted")
+    if b.n_items != 1:
         raise MethodError(f"corrupted must be one prompt, got {b.n_items}; patch pairs one at a time.")
     check_finite_inputs(a)
     check_finite_inputs(b)

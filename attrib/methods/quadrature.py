@@ -57,7 +57,8 @@ def quadrature(method: str, n_steps: int, name: str = "method") -> tuple[list[fl
         return [float(a) for a in 0.5 * (x + 1)], [float(v) for v in 0.5 * w]
     if method == "riemann_trapezoid":
         if n < 2:
-            raise MethodError("method='riemann_trapezoid' needs n_steps >= 2 (both ends of the path).")
+            raise MethodError(f"{name}='riemann_trapezoid' needs n_steps >= 2 (both ends of the path), got "
+                              f"n_steps={n}; pass n_steps=2 or more.")
         # Captum's weights: 1/n with both ends halved (they sum to (n - 1)/n, not 1).
         return [float(a) for a in np.linspace(0, 1, n)], [0.5 / n] + [1.0 / n] * (n - 2) + [0.5 / n]
     start = {"riemann_left": 0.0, "riemann_right": 1.0 / n, "riemann_middle": 0.5 / n}[method]

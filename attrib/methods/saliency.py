@@ -18,13 +18,14 @@
   token (Shrikumar et al. 2016, "Not Just a Black Box").
 - Plain models: the gradient with respect to the float input tensor itself. ``.values`` has the input's
   shape (one row); ``.scores`` is ``|values|`` (``grad``) or ``values`` (``grad_x_input``), element by element.
-- ``smooth=N``: SmoothGrad (Smilkov et al. 2017) over N noisy copies of each input, σ = ``noise`` × (max − min)
-  of that input, all copies in one batched pass; ``smooth_type="smoothgrad"`` averages the per-sample
+- ``smooth=N``: SmoothGrad (Smilkov et al. 2017) over N noisy copies of each input, σ = ``noise`` (default 0.15)
+  × (max − min) of that input, all copies in one batched pass; ``smooth_type="smoothgrad"`` averages the per-sample
   attributions, ``"smoothgrad_sq"`` their squares, ``"vargrad"`` takes their variance (Adebayo et al. 2018,
   "Sanity Checks for Saliency Maps"), as Captum's ``NoiseTunnel``. Scores are reduced from the smoothed values.
   Noise is ``torch.normal(0, σ)`` of shape (inputs × samples, ...) in the input's dtype, from the global RNG or
   from a generator seeded with ``seed``: the draws of Captum's ``NoiseTunnel`` under the same seed (Captum
-  makes σ in the default dtype, so set it to the input's dtype to compare).
+  makes σ in the default dtype, so set it to the input's dtype to compare). ``noise``, ``smooth_type`` or ``seed``
+  without ``smooth=N > 0`` raise :class:`~attrib.MethodError` rather than being ignored.
 """
 
 from __future__ import annotations
@@ -47,19 +48,24 @@ __all__ = ["saliency", "MODES", "SMOOTH_TYPES"]
 
 MODES = ("grad", "grad_x_input")
 SMOOTH_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+DEFAULT_NOISE = 0.15
 
 
 @releasing
 def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
              metric: Callable[[Any], torch.Tensor] | None = None, mode: str = "grad", smooth: int = 0,
-             noise: float = 0.15, smooth_type: str = "smoothgrad", seed: int | None = None,
+             noise: float | None = None, smooth_type: str | None = None, seed: int | None = None,
              batch_size: int | None = None) -> Attribution | list[Attribution]:
     """Gradient (``mode="grad"``) or gradient × input (``"grad_x_input"``) of the target score; see the module
-    docstring. ``batch_size``: rows (items × noisy samples) per pass (``None``: all, halved on out-of-memory)."""
+    docstring. SmoothGrad's options (``noise``, default 0.15; ``smooth_type``, default ``"smoothgrad"``; ``seed``)
+    need ``smooth=N > 0``: given without it they are refused, never ignored. ``batch_size``: rows (items × noisy
+    samples) per pass (``None``: all, halved on out-of-memory)."""
     check_grad_mode("saliency", model)
     _check(mode, smooth, noise, smooth_type, seed)
+    noise = DEFAULT_NOISE if noise is None else noise
+    smooth_type = "smoothgrad" if smooth_type is None else smooth_type
     batch_size = check_batch_size(batch_size)
-    prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric)
+    prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric, batch_size=batch_size)
     check_finite_inputs(prep)
     x = prep.x
     if not x.is_floating_point():
@@ -89,8 +95,8 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
     sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
                     remember=(model.module, key))
     values = _smoothed(sums, n, smooth_type) if smooth else sums[:, 0]
-    info = {k: v for k, v in dict(mode=mode, smooth=smooth, noise=noise, smooth_type=smooth_type, seed=seed).items()
-            if v is not None}
+    options = dict(noise=noise, smooth_type=smooth_type, seed=seed) if smooth else {}
+    info = {k: v for k, v in dict(mode=mode, smooth=smooth, **options).items() if v is not None}
     results = []
     for i in range(prep.n_items):
         if language:
@@ -112,17 +118,25 @@ def _smoothed(sums: torch.Tensor, n: int, smooth_type: str) -> torch.Tensor:
     return mean_sq if smooth_type == "smoothgrad_sq" else mean_sq - mean * mean
 
 
-def _check(mode: str, smooth: int, noise: float, smooth_type: str, seed: int | None) -> None:
-    if mode not in MODES:
-        raise MethodError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
-    if smooth_type not in SMOOTH_TYPES:
-        raise MethodError(f"smooth_type={smooth_type!r} is not one of {', '.join(SMOOTH_TYPES)}.")
+def _check(mode: str, smooth: int, noise: float | None, smooth_type: str | None, seed: int | None) -> None:
+    if not isinstance(mode, str) or mode not in MODES:
+        raise MethodError(f"mode={mode!r:.40} is not one of {', '.join(MODES)}.")
+    if smooth_type is not None and (not isinstance(smooth_type, str) or smooth_type not in SMOOTH_TYPES):
+        raise MethodError(f"smooth_type={smooth_type!r:.40} is not one of {', '.join(SMOOTH_TYPES)}.")
     if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
-        raise MethodError(f"smooth={smooth!r} must be a whole number of noisy samples, 0 (no smoothing) or more.")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise MethodError(f"noise={noise!r} must be a finite number ≥ 0 (σ as a fraction of the input's range).")
+        raise MethodError(f"smooth={smooth!r:.40} must be a whole number of noisy samples, 0 (no smoothing) or more.")
+    if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float)) or
+                              not math.isfinite(noise) or noise < 0):
+        raise MethodError(f"noise={noise!r:.40} must be a finite number ≥ 0 (σ as a fraction of the input's range).")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise MethodError(f"seed={seed!r} must be an int or None (None: the global torch RNG).")
+        raise MethodError(f"seed={seed!r:.40} must be an int or None (None: the global torch RNG).")
+    given = [f"{k}={v!r:.40}" for k, v in (("smooth_type", smooth_type), ("noise", noise), ("seed", seed))
+             if v is not None]
+    if given and not smooth:
+        verb = "is a SmoothGrad option" if len(given) == 1 else "are SmoothGrad options"
+        listed = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+        raise MethodError(f"{listed} {verb}, but smooth=0 runs plain saliency without noise; pass "
+                          "smooth=N > 0 noisy samples to use them, or leave them out.")
 
 
 def _noisy(x: torch.Tensor, n: int, noise: float, valid: torch.Tensor | None, seed: int | None) -> torch.Tensor:

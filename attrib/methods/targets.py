@@ -29,9 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import TargetError
+from ..models.ids import as_int
 from ..models.sites import first_tensor
 
 __all__ = ["Target", "SCORES", "logits_of", "token_scores", "resolve_targets"]
@@ -94,16 +96,20 @@ def _ids(tokenizer: Any, value: Any, vocab: int | None, what: str) -> tuple[int,
         ids = list(tokenizer(value, add_special_tokens=False)["input_ids"])
         if not ids:
             raise TargetError(f"{what}={value!r} tokenizes to no tokens; pass a non-empty string or a token id.")
-    elif isinstance(value, bool):
+    elif isinstance(value, (bool, np.bool_)):
         raise TargetError(f"{what}={value!r} is a bool; pass a token / class id or a string.")
-    elif isinstance(value, int):
-        ids = [value]
+    elif as_int(value) is not None:                 # Python, numpy and 0-d tensor ints
+        ids = [int(value)]
     elif isinstance(value, torch.Tensor):
-        if value.is_floating_point() or value.is_complex():
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TargetError(f"{what} is a {value.dtype} tensor; pass integer token / class ids.")
         ids = [int(v) for v in value.flatten().tolist()]
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        ids = list(value)
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iu":
+            raise TargetError(f"{what} is a numpy array of {value.dtype}; pass integer token / class ids.")
+        ids = [int(v) for v in value.flatten().tolist()]
+    elif isinstance(value, (list, tuple)) and all(as_int(v) is not None for v in value):
+        ids = [int(v) for v in value]
     else:
         raise TargetError(f"{what}={value!r:.80} is not a string, a token / class id or a list of ids.")
     if not ids:
@@ -119,7 +125,7 @@ def _per_item(value: Any, n: int, per_row_ids: bool) -> list[Any]:
     if isinstance(value, (list, tuple)) and len(value) == n and value and (
             all(isinstance(v, (str, list, tuple, torch.Tensor)) for v in value) or per_row_ids):
         return list(value)
-    if per_row_ids and isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == n and n > 1:
+    if per_row_ids and isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1 and len(value) == n and n > 1:
         return list(value)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         raise TargetError(f"got {len(value)} targets for {n} inputs; give one target, or one per input.")

@@ -22,6 +22,7 @@ import torch
 
 from ..core.model import Model
 from ..errors import InputError
+from .ids import as_ids, short as _short
 from .text import token_labels
 
 __all__ = ["LanguageModel", "accepts", "position_limit"]
@@ -48,17 +49,19 @@ def position_limit(module: torch.nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to about ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
-
-
 class LanguageModel(Model):
     """A Hugging Face language model with its tokenizer (``None``: token ids only)."""
 
     def __init__(self, hf_model: torch.nn.Module, tokenizer: Any = None) -> None:
         super().__init__(hf_model)
+        if tokenizer is not None and not callable(tokenizer):
+            if isinstance(tokenizer, str):
+                what, example = "is a name, not a tokenizer", f"from_pretrained({_short(tokenizer, 30)})"
+            else:
+                what, example = f"({type(tokenizer).__name__}) is not a tokenizer (it cannot be called on text)", \
+                    "from_pretrained(name)"
+            raise InputError(f"tokenizer={_short(tokenizer)} {what}; pass the tokenizer object (e.g. "
+                             f"transformers.AutoTokenizer.{example}), or None for token ids only.")
         object.__setattr__(self, "tokenizer", tokenizer)
 
     @property
@@ -122,6 +125,26 @@ class LanguageModel(Model):
                              f"positions (the rows of its position embedding {limit[1]}); shorten it to at most "
                              f"{limit[0]} tokens.")
 
+    def check_ids(self, ids: torch.Tensor, what: str) -> None:
+        """Refuse token ids outside the input embedding's rows (torch would raise IndexError in the model)."""
+        try:
+            embedding = self._module.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return
+        size = getattr(embedding, "num_embeddings", None)
+        weight = getattr(embedding, "weight", None)
+        if not isinstance(size, int) or not isinstance(weight, torch.Tensor) or ids.device != weight.device or \
+                ids.numel() == 0 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            return
+        bad = (ids < 0) | (ids >= size)
+        if not bool(bad.any()):
+            return
+        index = [int(i) for i in bad.nonzero()[0].tolist()]
+        at = f"position {index[-1]}" + (f" of row {index[0]}" if len(index) > 1 and ids.shape[0] > 1 else "")
+        raise InputError(f"token id {int(ids[tuple(index)])} at {at} of {what} (token ids of shape "
+                         f"{tuple(ids.shape)}) is outside the vocabulary of {size} tokens (the rows of the input "
+                         f"embedding); pass ids from 0 to {size - 1}.")
+
     def pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Rows of token ids as one left-padded batch: ``input_ids`` and ``attention_mask``."""
         width = max(len(r) for r in rows)
@@ -154,6 +177,9 @@ class LanguageModel(Model):
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         given = args[0] if args else None
         args, kwargs = self._prepare_inputs(args, kwargs)
+        ids = kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            self.check_ids(ids, "model.trace()'s input_ids")
         if self.max_positions is not None:
             self._check_positions(given, kwargs)
         return args, kwargs
@@ -170,7 +196,8 @@ class LanguageModel(Model):
                 n = int(positions.max()) + 1
             if isinstance(given, str) and key == "input_ids":
                 what = f"the prompt {_short(given)}"
-            elif isinstance(given, (list, tuple)) and given and key == "input_ids":
+            elif isinstance(given, (list, tuple)) and given and all(isinstance(p, str) for p in given) and \
+                    key == "input_ids":
                 what = f"the longest of the {len(given)} prompts"
             else:
                 what = f"model.trace()'s {key} of shape {tuple(value.shape)}"
@@ -179,6 +206,11 @@ class LanguageModel(Model):
     def _prepare_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
             first, rest = args[0], args[1:]
+            ids = as_ids(first, "model.trace()'s input")
+            if isinstance(ids, list):                   # rows of token ids: a left-padded batch
+                enc = self.pad(ids)
+                return rest, {**self.call_kwargs(enc["input_ids"], enc["attention_mask"]), **kwargs}
+            first = first if ids is None else ids.to(self.device)
             if isinstance(first, str) or (isinstance(first, (list, tuple)) and first
                                           and all(isinstance(x, str) for x in first)) or \
                     (isinstance(first, (list, tuple)) and not first):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from ..errors import LayoutError
@@ -136,11 +137,16 @@ def layout_of(module: torch.nn.Module) -> Layout:
         for variant in (layout, _bare(layout)):
             if _fits(module, variant):
                 return variant.heads_of(module)
-    looked = "; ".join(f"{l.family}: {l.layers}[i].{{{l.attn}, {l.mlp}}}" for l in candidates[:6])
+    if model_type in LAYOUTS:
+        known = LAYOUTS[model_type]
+        looked = f"{known.layers}[i].{{{known.attn}, {known.mlp}}}"
+    else:
+        paths = list(dict.fromkeys(layout.layers for layout in candidates))
+        looked = f"layers at {', '.join(paths[:5])}{', …' if len(paths) > 5 else ''}"
     raise LayoutError(
-        f"no known layout fits {type(module).__name__} (model_type {model_type!r}); looked for {looked}. "
-        "Pass component_map={'layers': ..., 'attn': ..., 'mlp': ..., 'o_proj': ..., 'n_heads': ...} or register "
-        "one with attrib.models.layouts.register(model_type, Layout(...))."
+        f"no known layout fits {type(module).__name__} (model_type {model_type!r}; looked for {looked}); pass "
+        "component_map={'layers': ..., 'attn': ..., 'mlp': ..., 'o_proj': ..., 'n_heads': ...}, or register a "
+        "Layout with attrib.models.layouts.register(model_type, layout)."
     )
 
 
@@ -150,7 +156,10 @@ _MAP_KEYS = ("layers", "embed", "attn", "mlp", "o_proj", "out_proj", "qkv", "fus
 
 def from_map(module: torch.nn.Module, component_map: Mapping[str, Any]) -> Layout:
     """A layout from a user's dict (``out_proj`` is accepted for ``o_proj``), checked against ``module``."""
-    unknown = sorted(set(component_map) - set(_MAP_KEYS))
+    if not isinstance(component_map, Mapping):
+        raise LayoutError(f"component_map={component_map!r:.40} is not a dict; pass one that maps 'layers' (and "
+                          "'attn', 'mlp', 'o_proj', 'n_heads') to module paths, e.g. {'layers': 'transformer.h'}.")
+    unknown = sorted(set(map(str, component_map)) - set(_MAP_KEYS))
     if unknown or "layers" not in component_map:
         raise LayoutError(
             f"component_map needs 'layers' and may have {', '.join(map(repr, _MAP_KEYS[1:]))}"
@@ -160,6 +169,10 @@ def from_map(module: torch.nn.Module, component_map: Mapping[str, Any]) -> Layou
     if "out_proj" in fields:
         fields["o_proj"] = fields.pop("out_proj")
     fields["qkv"] = tuple(fields.get("qkv", ()))
+    if not isinstance(fields.get("flat_mlp", False), (bool, np.bool_)):
+        raise LayoutError(f"component_map['flat_mlp']={fields['flat_mlp']!r:.40} must be True or False (whether the "
+                          "MLP runs on (batch · positions, hidden) rows).")
+    fields["flat_mlp"] = bool(fields.get("flat_mlp", False))
     layout = Layout("component_map", **fields)
     layers = _module(module, layout.layers)
     if not isinstance(layers, (torch.nn.ModuleList, torch.nn.Sequential)) or len(layers) == 0:

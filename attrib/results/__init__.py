@@ -28,6 +28,6 @@ def load(path: str | os.PathLike) -> Result:
     """Read back any result written by ``result.save(path)``."""
     kind = files.kind_of(path)
     if kind not in _KINDS:
-        raise ResultFileError(f"{os.fspath(path)!r} holds a {kind!r} result, which this attrib does not know; "
-                              "upgrade attrib to read it.")
+        raise ResultFileError(f"{os.fspath(path)!r} holds {files.article(repr(kind))} result, which this attrib does "
+                              "not know; upgrade attrib to read it.")
     return _KINDS[kind].load(path)

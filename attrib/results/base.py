@@ -9,9 +9,11 @@ come from here. Drawing lives in :mod:`attrib.viz`, which reads results by attri
 from __future__ import annotations
 
 import abc
+import operator
 import os
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -37,9 +39,15 @@ def jsonable(value: Any) -> Any:
 
 def check_k(k: Any) -> int:
     """``k`` of ``top(k)``: a positive int, else one clear error (a negative ``k`` would slice from the end)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"top(k) takes a positive int k (how many entries), got k={k!r}.")
-    return k
+    try:                                # Python, numpy and 0-d tensor ints; never a bool
+        if isinstance(k, (bool, np.bool_)) or (isinstance(k, torch.Tensor) and k.dtype == torch.bool):
+            raise TypeError
+        number = operator.index(k)
+    except TypeError:
+        number = 0
+    if number < 1:
+        raise InputError(f"top(k) takes a positive int k (how many entries), got k={k!r:.40}.")
+    return number
 
 
 class Result(abc.ABC):
@@ -74,4 +82,7 @@ class Result(abc.ABC):
     def load(cls: type[R], path: str | os.PathLike) -> R:
         """Read a result written by :meth:`save` (``attrib.load`` picks the type by itself)."""
         tensors, meta = files.read(path, cls.KIND)
-        return cls._build(tensors, meta)
+        try:
+            return cls._build(tensors, meta)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:   # a hand-made header
+            raise files.incomplete(path, cls.KIND, err) from None

@@ -9,14 +9,23 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+import numpy as np
 
 from ..errors import OptionError
 
 __all__ = ["HeatmapOptions", "resolve", "with_defaults", "shows_values", "BUILTIN_CMAP", "MAX_VALUES"]
 
 BUILTIN_CMAP = "diverging"
+MAX_VALUES = 400
+
+
+def _number(value: Any) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,28 @@ class HeatmapOptions:
             if self.cmap not in matplotlib.colormaps:
                 raise OptionError(f"cmap={self.cmap!r} is neither {BUILTIN_CMAP!r} nor a matplotlib colour map "
                                  "(e.g. 'RdBu_r', 'PuOr_r', 'coolwarm').")
-        if self.scale is not None and not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
-                                           and self.scale > 0):
-            raise OptionError(f"scale must be a positive finite number or None, got {self.scale!r}.")
-        if not isinstance(self.decimals, int) or not 0 <= self.decimals <= 12:
-            raise OptionError(f"decimals must be an int from 0 to 12, got {self.decimals!r}.")
-        if not isinstance(self.wrap, int) or self.wrap < 1:
-            raise OptionError(f"wrap must be a positive int (tokens per row), got {self.wrap!r}.")
-        if self.figsize is not None and (len(self.figsize) != 2 or min(self.figsize) <= 0):
-            raise OptionError(f"figsize must be (width, height) in inches, got {self.figsize!r}.")
+        if self.scale is not None and not (_number(self.scale) and math.isfinite(self.scale) and self.scale > 0):
+            raise OptionError(f"scale must be a positive finite number or None, got {self.scale!r:.40}.")
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int) or not 0 <= self.decimals <= 12:
+            raise OptionError(f"decimals must be an int from 0 to 12, got {self.decimals!r:.40}.")
+        if isinstance(self.wrap, bool) or not isinstance(self.wrap, int) or self.wrap < 1:
+            raise OptionError(f"wrap must be a positive int (tokens per row), got {self.wrap!r:.40}.")
+        if self.show_values is not None and not isinstance(self.show_values, (bool, np.bool_)):
+            raise OptionError(f"show_values must be True, False or None (print values when at most {MAX_VALUES} are "
+                              f"shown), got {self.show_values!r:.40}.")
+        if self.show_values is not None:
+            object.__setattr__(self, "show_values", bool(self.show_values))
+        if self.figsize is not None:
+            size = tuple(self.figsize) if isinstance(self.figsize, (tuple, list, np.ndarray)) else ()
+            if len(size) != 2 or not all(_number(v) and math.isfinite(v) and v > 0 for v in size):
+                raise OptionError(f"figsize must be (width, height) in inches, two positive numbers, got "
+                                  f"{self.figsize!r:.40}; pass e.g. figsize=(8, 3).")
+            object.__setattr__(self, "figsize", (float(size[0]), float(size[1])))
+        for name in ("title", "units"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise OptionError(f"{name} must be a string or None, got {type(value).__name__} {value!r:.40}; pass "
+                                  f"{name}=str(...) to show a value.")
 
 
 _FIELDS = tuple(f.name for f in fields(HeatmapOptions))
@@ -93,8 +115,6 @@ def with_defaults(options: HeatmapOptions, **defaults: Any) -> HeatmapOptions:
     missing = {k: v for k, v in defaults.items() if getattr(options, k) is None}
     return replace(options, **missing) if missing else options
 
-
-MAX_VALUES = 400
 
 
 def shows_values(options: HeatmapOptions, n_values: int) -> bool:

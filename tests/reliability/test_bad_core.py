@@ -4,6 +4,7 @@ result, and leaves every model clean and computing bit-identical logits (tests/r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,11 @@ def check_prompt_list(m, got):
     close(got, want)
 
 
+def trace_last(m, inputs):
+    with m.gpt2.trace(inputs):
+        return m.gpt2.output.logits[:, -1].save()
+
+
 def zeroed_output(m):
     with m.mlp.trace(m.x):
         m.mlp[0].output = torch.zeros(2, 8, dtype=torch.float64)
@@ -182,6 +188,11 @@ CASES: list[Case] = [
     error("Model of a module class", InputError, r"torch\.nn\.Module, got type\.",
           lambda m: attrib.Model(torch.nn.Linear)),
     error("Model of None", InputError, r"torch\.nn\.Module, got NoneType\.", lambda m: attrib.Model(None)),
+    error("tokenizer given by name", InputError, r"tokenizer='gpt2' is a name, not a tokenizer; pass the tokenizer "
+          r"object \(e\.g\. transformers\.AutoTokenizer\.from_pretrained\('gpt2'\)\), or None",
+          lambda m: attrib.LanguageModel(m.gpt2.module, tokenizer="gpt2")),
+    error("tokenizer of an int", InputError, r"tokenizer=5 \(int\) is not a tokenizer \(it cannot be called on text\)",
+          lambda m: attrib.LanguageModel(m.llama.module, 5)),
     # trace inputs
     error("trace without inputs", InputError, r"model\.trace\(\) got no inputs", lambda m: m.gpt2.trace()),
     error("text to a plain model", InputError, r"text prompt \('hello'\).*attrib\.Model\(Sequential\).*no tokenizer",
@@ -193,6 +204,22 @@ CASES: list[Case] = [
     error("empty prompt", InputError, r"the prompt is empty \(''\)", trace("gpt2", "")),
     error("empty list of prompts", InputError, r"empty list of prompts", trace("gpt2", [])),
     error("empty prompt in a list", InputError, r"prompt 1 of the list is empty \(''\)", trace("gpt2", ["w1", ""])),
+    error("trace of a list mixing a prompt and an id", InputError, r"element 1 of model\.trace\(\)'s input "
+          r"\['w1 w2', 3\] is 3 \(a token id\), but element 0 is a string; a list holds prompts \(strings\) only, so "
+          r"pass one kind",
+          trace("gpt2", ["w1 w2", 3])),
+    error("trace of a list of None", InputError, r"element 0 of model\.trace\(\)'s input \[None\] is None "
+          r"\(a NoneType\), neither a prompt", trace("llama", [None])),
+    error("trace of a float numpy array of ids", InputError, r"got a numpy array of float32 with shape \(1, 2\) as "
+          r"model\.trace\(\)'s input", trace("bare", np.array([[1, 2]], dtype=np.float32))),
+    *[error(f"trace token id {i} outside the vocabulary", InputError, rf"token id {i} at position 1 of "
+            r"model\.trace\(\)'s input_ids \(token ids of shape \(1, 3\)\) is outside the vocabulary of 50 tokens "
+            r"\(the rows of the input embedding\); pass ids from 0 to 49", trace("bare", torch.tensor([[3, i, 5]])))
+      for i in (99, -2)],
+    error("llama trace id outside the vocabulary", InputError, r"token id 50 at position 0 of row 1 of "
+          r"model\.trace\(\)'s input_ids", trace("llama", input_ids=torch.tensor([[1, 2], [50, 3]]))),
+    error("trace of a word past the vocabulary", InputError, r"token id 55 at position 0 of model\.trace\(\)'s "
+          r"input_ids", trace("gpt2", "w55 w2")),
     error("empty tensor of ids", InputError, r"empty tensor of token ids",
           trace("gpt2", torch.tensor([], dtype=torch.long))),
     error("plain input on another device", InputError, r"shape \(1, 4\) is on meta, but the model is on cpu.*"
@@ -284,6 +311,12 @@ CASES: list[Case] = [
     correct("negative layer index", negative_index,
             lambda m, got: close(got, output_of(m.gpt2.module, m.gpt2.module.transformer.h[1], IDS).detach())),
     correct("a list of prompts of different lengths", prompt_list, check_prompt_list),
+    correct("trace of a list of ids", trace("bare", IDS[0].tolist()),
+            lambda m, got: close(got.logits, m.gpt2.module(IDS).logits.detach())),
+    correct("trace of numpy int ids", trace("llama", IDS.numpy()),
+            lambda m, got: close(got.logits, m.llama.module(IDS).logits.detach())),
+    correct("trace of rows of ids of different lengths", lambda m: trace_last(m, [[3, 14, 15], [9, 26]]),
+            check_prompt_list),
     correct("an output replaced by zeros", zeroed_output,
             lambda m, got: close(got, m.mlp.module[2](torch.zeros(2, 8, dtype=torch.float64).tanh()).detach())),
 ]

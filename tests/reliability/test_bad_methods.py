@@ -133,6 +133,8 @@ CASES: list[Case] = [
           ig(method="foo")),
     error("trapezoid with one step", MethodError, r"method='riemann_trapezoid' needs n_steps >= 2",
           ig(method="riemann_trapezoid", n_steps=1)),
+    error("trapezoid rule with one step", MethodError, r"rule='riemann_trapezoid' needs n_steps >= 2 \(both ends of "
+          r"the path\), got n_steps=1; pass n_steps=2", ig(rule="riemann_trapezoid", n_steps=1)),
     error("rule and method disagree", MethodError, r"rule='riemann_left' and method='riemann_right' disagree",
           ig(rule="riemann_left", method="riemann_right")),
     # targets (shared by every method)
@@ -168,6 +170,8 @@ CASES: list[Case] = [
           ig(metric=metric, score="prob")),
     error("per_token with a metric", MethodError, r"per_token=True needs a token target, not a metric",
           ig(metric=metric, per_token=True)),
+    *[error(f"per_token={k!r}", MethodError, rf"per_token must be True or False, got {v(k)}", ig(per_token=k))
+      for k in ("no", 1, None)],
     # baselines
     error("unknown baseline name", MethodError, r"baseline='random' is not 'zeros', 'pad', a token id or a tensor",
           ig(baseline="random")),
@@ -197,17 +201,36 @@ CASES: list[Case] = [
           r"got int", ig(layer=3)),
     error("layer whose value has no positions", MethodError, r"layer='lm_head' has a value of shape \(1, 1, 50\), not "
           r"one vector per position", ig(layer="lm_head")),
-    error("site name on a model without layout", LayoutError, r"no known layout fits CNN.*component_map=",
-          ig("cnn", layer="resid_post.0"), max_len=700),
+    error("site name on a model without layout", LayoutError, r"no known layout fits CNN \(model_type None; looked for "
+          r"layers at transformer\.h, .*\); pass component_map=\{'layers'.*register\(model_type, layout\)",
+          ig("cnn", layer="resid_post.0")),
     # batch_size (every method)
     *[error(f"IG batch_size={b!r}", MethodError, rf"batch_size must be a positive int or None.*got {v(b)}",
             ig(batch_size=b)) for b in (0, -1, 2.0, True)],
     # inputs of a language model
     *[error(f"inputs of type {type(x).__name__}", InputError, rf"a language model takes text, a list of texts, token "
             rf"ids or a BatchEncoding, got {type(x).__name__}", ig(inputs=lambda m, x=x: x))
-      for x in (123, None, b"w1", np.array([[1, 2]]))],
-    error("a list of ids", InputError, r"a list of inputs must be a list of strings, got \[1, 2, 3\]",
-          ig(inputs=lambda m: [1, 2, 3])),
+      for x in (123, None, b"w1")],
+    error("a list mixing a prompt and an id", InputError, r"element 1 of inputs \['w1 w2', 3\] is 3 \(a token id\), "
+          r"but element 0 is a string; a list holds prompts \(strings\) only", ig(inputs=lambda m: ["w1 w2", 3])),
+    error("a list mixing ids and a prompt", InputError, r"element 2 of inputs \[3, 14, 'w15'\] is 'w15' \(a string\), "
+          r"but element 0 is a token id", sal(inputs=lambda m: [3, 14, "w15"])),
+    error("a list of floats", InputError, r"element 0 of inputs \[1\.5, 2\.5\] is 1\.5 \(a float\), neither a prompt",
+          ig(inputs=lambda m: [1.5, 2.5])),
+    error("a float numpy array", InputError, r"got a numpy array of float64 with shape \(1, 2\) as inputs; token ids "
+          r"must be a non-empty integer array", ig(inputs=lambda m: np.array([[1.0, 2.0]]))),
+    *[error(f"IG token id {i} outside the vocabulary", InputError, rf"token id {i} at position 2 of inputs \(token ids "
+            r"of shape \(1, 6\)\) is outside the vocabulary of 50 tokens.*pass ids from 0 to 49",
+            ig(inputs=torch.tensor([[3, 14, i, 9, 26, 5]]))) for i in (99, -2, 50)],
+    error("saliency token id outside the vocabulary of row 1", InputError, r"token id 77 at position 0 of row 1 of "
+          r"inputs \(token ids of shape \(2, 2\)\) is outside the vocabulary of 50",
+          sal(inputs=lambda m: [[1, 2], [77, 3]])),
+    error("llama token id outside the vocabulary", InputError, r"token id -1 at position 5 of inputs.*vocabulary of 50",
+          sal("llama", inputs=torch.tensor([[3, 14, 15, 9, 26, -1]]))),
+    error("a word past the vocabulary", InputError, r"token id 59 at position 1 of inputs.*vocabulary of 50 tokens",
+          sal(inputs="w3 w59")),
+    error("layer IG token id outside the vocabulary", InputError, r"token id 99 at position 0 of inputs",
+          ig("bare", inputs=torch.tensor([[99, 3]]), layer="resid_post.0")),
     error("float token ids", InputError, r"token ids must be a non-empty integer tensor.*got torch\.float32 of shape "
           r"\(1, 2\)", ig(inputs=torch.tensor([[0.5, 1.0]]))),
     error("3-D token ids", InputError, r"token ids must be.*of shape \(T,\) or \(N, T\), got torch\.int64 of shape "
@@ -244,6 +267,14 @@ CASES: list[Case] = [
           ig("mlp", inputs=torch.ones(1, 4, dtype=torch.float64, device="meta"))),
     error("integer inputs without layer", MethodError, r"the inputs are torch\.int64, which has no gradient; pass "
           r"layer=", lambda m: attrib.integrated_gradients(embedding_model(), torch.tensor([[1, 2]]), target=0)),
+    error("integer baseline id outside the embedding", MethodError, r"baseline=99 with layer='0' holds id 99, outside "
+          r"the model's embedding of 10 rows; the baseline is still an input, so pass ids from 0 to 9",
+          lambda m: attrib.integrated_gradients(embedding_model(), torch.tensor([[1, 2]]), target=0, layer="0",
+                                                baseline=99)),
+    error("integer baseline tensor with id -1", MethodError, r"baseline=<tensor of shape \(1, 2\), torch\.int64> with "
+          r"layer='0' holds id -1, outside the model's embedding of 10 rows",
+          lambda m: attrib.integrated_gradients(embedding_model(), torch.tensor([[1, 2]]), target=0, layer="0",
+                                                baseline=torch.tensor([[0, -1]]))),
     error("integer inputs with baseline 'pad'", MethodError, r"baseline='pad'.*integer inputs take 'zeros', an id or "
           r"a tensor", lambda m: attrib.integrated_gradients(embedding_model(), torch.tensor([[1, 2]]),
                                                                      target=0, layer="0", baseline="pad")),
@@ -258,6 +289,11 @@ CASES: list[Case] = [
       for k in (-0.1, float("inf"), "0.1", True)],
     *[error(f"seed={k!r}", MethodError, rf"seed={v(k)} must be an int or None", sal(smooth=2, seed=k))
       for k in ("1", 1.5, True)],
+    error("SmoothGrad options without smooth", MethodError, r"smooth_type='vargrad', noise=5\.0 and seed=1 are "
+          r"SmoothGrad options, but smooth=0 runs plain saliency without noise; pass smooth=N > 0",
+          sal(smooth=0, smooth_type="vargrad", noise=5.0, seed=1)),
+    *[error(f"SmoothGrad {k}={x!r} alone", MethodError, rf"{k}={v(x)} is a SmoothGrad option, but smooth=0",
+            sal(**{k: x})) for k, x in (("noise", 0.15), ("seed", 0), ("smooth_type", "smoothgrad"))],
     error("saliency batch_size 0", MethodError, rf"batch_size must be a positive int or None.*got {v(0)}",
           sal(batch_size=0)),
     error("llama saliency target id 99", TargetError, r"target has id 99", sal("llama", target=99)),
@@ -272,6 +308,19 @@ CASES: list[Case] = [
           sal("cnn", target=-1)),
     # correct results
     correct("0-d tensor target", ig(target=torch.tensor(3)), check_ig("gpt2", logit(3))),
+    correct("numpy int target", ig(target=np.int64(3)), check_ig("gpt2", logit(3))),
+    correct("list of a numpy int target", ig("llama", target=[np.int32(7)]), check_ig("llama", logit(7))),
+    correct("numpy int contrast", sal(contrast=np.int64(4)),
+            check_grad("gpt2", lambda lg: lg[0, -1, 3] - lg[0, -1, 4])),
+    correct("numpy int baseline token id", ig(baseline=np.int64(0)), check_ig("gpt2", logit(3), baseline_id=0)),
+    correct("0-d tensor baseline token id", ig(baseline=torch.tensor(0)), check_ig("gpt2", logit(3), baseline_id=0)),
+    correct("a list of ids", ig(inputs=lambda m: IDS[0].tolist()), check_ig("gpt2", logit(3))),
+    correct("numpy int ids", ig(inputs=lambda m: IDS.numpy()), check_ig("gpt2", logit(3))),
+    correct("a list of numpy ints", sal(inputs=lambda m: [np.int64(i) for i in IDS[0].tolist()]),
+            check_grad("gpt2", logit(3))),
+    correct("a list of id rows", sal(inputs=lambda m: [IDS[0].tolist()]),
+            lambda m, got: check_grad("gpt2", logit(3))(m, got[0]) if len(got) == 1 else pytest.fail("one result")),
+    correct("per_token numpy bool", ig(per_token=np.bool_(False)), check_ig("gpt2", logit(3))),
     correct("one-element list target", ig(target=[3]), check_ig("gpt2", logit(3))),
     correct("tuple target", ig(target=(3,)), check_ig("gpt2", logit(3))),
     correct("1-D token ids", ig(inputs=IDS[0], n_steps=3), check_ig("gpt2", logit(3), n_steps=3)),
@@ -285,6 +334,8 @@ CASES: list[Case] = [
             lambda m, got: check_grad("gpt2", logit(top_token(m)))(m, got)),
     correct("plain baseline number", ig("mlp", target=1, baseline=0.5), check_plain_ig),
     correct("plain class id per row", sal("mlp", target=[0, 2]), check_plain_grads("mlp", [0, 2])),
+    correct("plain class ids as a numpy array", sal("mlp", target=np.array([2, 1])), check_plain_grads("mlp", [2, 1])),
+    correct("plain class id of a numpy int", sal("cnn", target=np.int16(1)), check_plain_grads("cnn", [1])),
     correct("CNN class id", sal("cnn", target=2), check_plain_grads("cnn", [2])),
     correct("layer given as an envoy", lambda m: attrib.integrated_gradients(m.mlp, m.x, target=0, n_steps=2,
                                                                              layer=m.mlp[0]), check_layer_ig),

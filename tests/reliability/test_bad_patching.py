@@ -107,6 +107,9 @@ CASES: list[Case] = [
           components="foo"),
     *both("misspelled component in a list", MethodError, r"unknown component 'head'", components=["resid", "head"]),
     *both("no components", MethodError, r"components is empty", components=[]),
+    *[case for k in (None, 3, [3], [["resid"]]) for case in both(
+        f"components={k!r}", MethodError, rf"components={v(k)} is not a component name or a list of them; pass e\.g\. "
+        r"components=\('resid', 'heads'\)", components=k)],
     *both("unknown direction", MethodError, r"direction='forward' is not one of 'denoise'.*'noise'",
           direction="forward"),
     *both("position past the end", MethodError, r"position 10 is outside the prompt of 6 tokens", positions=10),
@@ -120,6 +123,18 @@ CASES: list[Case] = [
           clean=torch.cat([IDS, IDS])),
     *both("a batch of corrupted prompts", MethodError, r"corrupted must be one prompt, got 2",
           corrupted=torch.cat([CORRUPT, CORRUPT])),
+    *both("component_map of a string", LayoutError, r"component_map='transformer\.h' is not a dict; pass one that "
+          r"maps 'layers'", component_map="transformer.h"),
+    *both("component_map of a list", LayoutError, r"component_map=\['layers'\] is not a dict",
+          component_map=["layers"]),
+    *both("component_map flat_mlp of a string", LayoutError, r"component_map\['flat_mlp'\]='no' must be True or False",
+          component_map={"layers": "transformer.h", "attn": "attn", "mlp": "mlp", "flat_mlp": "no"}),
+    *both("clean id outside the vocabulary", InputError, r"token id 99 at position 2 of clean \(token ids of shape "
+          r"\(1, 6\)\) is outside the vocabulary of 50 tokens", clean=torch.tensor([[3, 14, 99, 9, 26, 5]])),
+    *both("corrupted id outside the vocabulary", InputError, r"token id -3 at position 0 of corrupted",
+          corrupted=torch.tensor([[-3, 14, 7, 9, 26, 5]])),
+    *both("corrupted list mixing ids and text", InputError, r"element 1 of corrupted \[3, 'w14'\] is 'w14' "
+          r"\(a string\)", corrupted=[3, "w14"]),
     *both("unknown component_map key", LayoutError, r"component_map needs 'layers'.*got unknown key\(s\) 'foo'",
           component_map={"foo": 1}),
     *both("component_map without layers", LayoutError, r"component_map needs 'layers'",
@@ -130,8 +145,8 @@ CASES: list[Case] = [
           r"transformer\.h\[0\]", component_map={"layers": "transformer.h", "attn": "atn", "mlp": "mlp"}),
     *both("heads without o_proj", LayoutError, r"site 'z\.0' needs component_map\['o_proj'\]", components="heads",
           component_map={"layers": "transformer.h", "attn": "attn", "mlp": "mlp"}),
-    *both("a model without layout", LayoutError, r"no known layout fits Sequential.*component_map=", model_name="mlp",
-          clean=lambda m: m.x[:1], corrupted=lambda m: m.x[1:], max_len=700),
+    *both("a model without layout", LayoutError, r"no known layout fits Sequential \(model_type None.*\); pass "
+          r"component_map=", model_name="mlp", clean=lambda m: m.x[:1], corrupted=lambda m: m.x[1:]),
     *both("target id 99", TargetError, r"target has id 99, outside the model's 50 outputs", target=99),
     *both("llama target text without tokens", TargetError, r"target='' tokenizes to no tokens", model_name="llama",
           target=""),
@@ -150,6 +165,14 @@ CASES: list[Case] = [
             check_activation_resid("llama", [5])),
     correct("acp in batches of 1", patch("acp", components="resid", batch_size=1),
             check_activation_resid("gpt2", list(range(6)))),
+    correct("acp clean as a list of one prompt",
+            patch("acp", components="resid", positions=[1, -1], clean=["w3 w14 w15 w9 w26 w5"],
+                  corrupted=["w3 w14 w7 w9 w26 w5"]),
+            check_activation_resid("gpt2", [1, 5])),
+    correct("atp list of one prompt and numpy ids", patch("atp", components=["resid"], direction="noise",
+                                                          positions=[1, -1], clean=["w3 w14 w15 w9 w26 w5"],
+                                                          corrupted=CORRUPT.numpy()),
+            check_attribution_resid_noise),
     correct("atp noise direction", patch("atp", components=("resid",), direction="noise", positions=[1, -1]),
             check_attribution_resid_noise),
 ]

@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -82,6 +83,17 @@ def with_header(name: str, meta: dict) -> str:
     target = path(name)
     save_file({"scores": torch.zeros(6), "values": torch.zeros(6, 32)}, target, metadata={"attrib": json.dumps(meta)})
     return target
+
+
+def raw_header(name: str, text: str, tensors: dict | None = None) -> str:
+    """A safetensors file whose ``attrib`` header is ``text`` as it is."""
+    target = path(name)
+    save_file(tensors or {"scores": torch.zeros(6), "values": torch.zeros(6, 32)}, target, metadata={"attrib": text})
+    return target
+
+
+def without(key: str) -> dict:
+    return {k: value for k, value in header("attribution").items() if k != key}
 
 
 def plain_safetensors(_m) -> str:
@@ -160,15 +172,56 @@ CASES: list[Case] = [
           r"does not know",
           load(lambda m: with_header("kind.safetensors", {**header("attribution"), "kind": "heatmap"}))),
     error("Attribution.load of a patching file", ResultFileError, r"patching\.safetensors' holds a patching result, "
-          r"not a.*attribution.*attrib\.load\(path\)", load(lambda m: saved("patching"), attrib.Attribution.load)),
-    error("PatchingResult.load of an attribution file", ResultFileError, r"attribution\.safetensors' holds a.*"
-          r"attribution result, not a.*patching", load(lambda m: saved("attribution"), attrib.PatchingResult.load)),
+          r"not an attribution; load it with attrib\.load\(path\)", load(lambda m: saved("patching"),
+                                                                       attrib.Attribution.load)),
+    error("PatchingResult.load of an attribution file", ResultFileError, r"attribution\.safetensors' holds an "
+          r"attribution result, not a patching", load(lambda m: saved("attribution"), attrib.PatchingResult.load)),
+    # hand-made headers
+    error("load a header that is not JSON", ResultFileError, r"notjson\.safetensors' has an attrib header that is not "
+          r"JSON, so it was not written by result\.save\(\); save the result again",
+          load(lambda m: raw_header("notjson.safetensors", "{kind: attribution"))),
+    error("load a header of a JSON list", ResultFileError, r"list\.safetensors' has an attrib header that is not a "
+          r"JSON object", load(lambda m: raw_header("list.safetensors", '["attribution", 1]'))),
+    error("load a header without kind", ResultFileError, r"nokind\.safetensors' has an attrib header that names no "
+          r"result kind", load(lambda m: with_header("nokind.safetensors", without("kind")))),
+    error("load a format of a string", ResultFileError, r"format2\.safetensors' has an attrib header that has format "
+          r"'2', not a version number", load(lambda m: with_header("format2.safetensors",
+                                                                    {**header("attribution"), "format": "2"}))),
+    error("load a header without tokens", ResultFileError, r"notokens\.safetensors' holds an attribution result that "
+          r"has no 'tokens', so it was not written by result\.save\(\)",
+          load(lambda m: with_header("notokens.safetensors", without("tokens")))),
+    error("load a file without scores", ResultFileError, r"noscores\.safetensors' holds an attribution result that has "
+          r"no 'scores'", load(lambda m: raw_header("noscores.safetensors", json.dumps(header("attribution")),
+                                                   {"values": torch.zeros(6, 32)}))),
+    error("load a patching file without a component", ResultFileError, r"nocomp\.safetensors' holds a patching result "
+          r"that has no 'heads'", load(lambda m: raw_header("nocomp.safetensors", json.dumps(header("patching")),
+                                                          {"resid": torch.zeros(2, 2)}))),
+    error("load positions of strings", ResultFileError, r"strpos\.safetensors' holds a patching result that has fields "
+          r"that do not fit \(InputError\)", load(lambda m: raw_header(
+              "strpos.safetensors", json.dumps({**header("patching"), "positions": ["a", "b"]}),
+              {"resid": torch.zeros(2, 2), "heads": torch.zeros(2, 4, 2)}))),
+    # paths
+    *[error(f"load path {p!r}", ResultFileError, rf"cannot load path={v(p)}: a result file's path is a non-empty "
+            r"str or pathlib\.Path", load(lambda m, p=p: p)) for p in (123, None, "", ["a.safetensors"])],
+    *[error(f"save to path {p!r}", ResultFileError, rf"cannot save to path={v(p)}: a result file's path is a non-empty",
+            lambda m, p=p: attribution().save(p)) for p in (None, 1.5)],
+    error("save into a missing folder", ResultFileError, r"cannot save to '.*missing/a\.safetensors': its folder "
+          r"'.*missing' does not exist; create it first", lambda m: attribution().save(path("missing/a.safetensors"))),
+    error("save onto a folder", ResultFileError, r"cannot save to '.*attrib-bad-results-\w+': it is a folder; pass a "
+          r"file path such as "
+          r"'.*attribution\.safetensors'", lambda m: attribution().save(folder())),
     # drawing options (attribution heatmaps)
     *[error(f"plot {key}={value!r}", OptionError, rf"{key}.*{v(value)}",
             lambda m, key=key, value=value: attribution().plot(**{key: value}))
       for key, value in (("cmap", "notacmap"), ("scale", -1), ("scale", 0), ("scale", float("inf")), ("scale", "1"),
                          ("decimals", 20), ("decimals", 1.5), ("decimals", -1), ("wrap", 0), ("wrap", 2.0),
-                         ("figsize", (1,)), ("figsize", (3, -1)))],
+                         ("figsize", (1,)), ("figsize", (3, -1)), ("figsize", 5), ("figsize", ("a", "b")),
+                         ("figsize", (3, float("nan"))), ("figsize", (True, 2)), ("title", 5), ("title", b"t"),
+                         ("units", 1.5), ("show_values", "no"), ("show_values", 1), ("decimals", True))],
+    error("HeatmapOptions show_values 'no'", OptionError, r"show_values must be True, False or None \(print values "
+          r"when at most 400 are shown\), got 'no'", lambda m: HeatmapOptions(show_values="no")),
+    error("patching plot title of an int", OptionError, r"title must be a string or None, got int 7; pass title=str",
+          lambda m: patching().plot("resid", title=7)),
     error("plot cmap=3", OptionError, r"cmap must be a colour map name, got int",
           lambda m: attribution().plot(cmap=3)),
     error("plot with an unknown option", OptionError, r"unknown heatmap option\(s\) colour; the options are cmap",
@@ -201,6 +254,11 @@ CASES: list[Case] = [
             check_round_trip(patching)),
     correct("load from a pathlib.Path", lambda m: attrib.load(pathlib.Path(saved("attribution"))),
             check_round_trip(attribution)),
+    correct("HeatmapOptions show_values numpy bool", lambda m: HeatmapOptions(show_values=np.bool_(True)),
+            lambda m, got: (got.show_values is True) or pytest.fail(f"show_values={got.show_values!r}")),
+    correct("plot figsize of a list", lambda m: attribution().plot(figsize=[4, np.int64(2)]),
+            lambda m, got: [float(x) for x in got.get_size_inches()] == [4.0, 2.0] or pytest.fail("figsize")),
+    correct("top(k) of a numpy int", lambda m: attribution().top(np.int64(100)), check_top_all),
     correct("top(k) past the number of tokens", lambda m: attribution().top(100), check_top_all),
     correct("patching top(3) of some positions", lambda m: patching().top(3), check_patching_top),
 ]

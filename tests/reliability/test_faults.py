@@ -229,6 +229,52 @@ def test_out_of_memory_in_a_random_backward(lm, method, seed):
     assert_same(run(lm, None), reference, exact=False)
 
 
+# Passes that ran unbatched before (their out-of-memory error was not halved): layer IG's values of the layer on
+# the inputs and on the baseline (passes 0 and 1), and the prediction pass of target=None (pass 0).
+UNBATCHED_BEFORE = {
+    "layer IG value on the inputs": (lambda m, bs: attrib.integrated_gradients(
+        m, FOUR, target=3, n_steps=2, layer="resid_post.0", batch_size=bs), 0),
+    "layer IG value on the baseline": (lambda m, bs: attrib.integrated_gradients(
+        m, FOUR, target=3, n_steps=2, layer="resid_post.0", baseline="pad", batch_size=bs), 1),
+    "IG prediction of target=None": (lambda m, bs: attrib.integrated_gradients(
+        m, FOUR, target=None, n_steps=2, batch_size=bs), 0),
+    "saliency prediction of target=None": (lambda m, bs: attrib.saliency(m, FOUR, target=None, batch_size=bs), 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNBATCHED_BEFORE))
+def test_out_of_memory_in_a_value_or_prediction_pass_is_halved(lm, name):
+    """Each such pass is batched like the method's other passes: with batch_size=None an out-of-memory error
+    halves it and the result is the un-faulted one; with a chosen batch_size it runs in batches of that size and
+    the error reaches the caller with its own type (never turned into an attrib error)."""
+    run, at = UNBATCHED_BEFORE[name]
+    with injected(lm.module) as counting:
+        reference = run(lm, None)
+    assert counting.passes[at] == (4, True)
+    with clean_after(lm), injected(lm.module, at=at, error=cuda_oom) as faults:
+        assert_same(run(lm, None), reference, exact=False)
+    assert faults.fired == 1 and faults.passes[at + 1] == (2, True) and faults.passes[at + 2] == (2, True)
+    with injected(lm.module) as counting:
+        chosen = run(lm, 2)
+    assert counting.passes[at] == (2, True) and counting.passes[at + 1] == (2, True)
+    assert_same(chosen, reference, exact=False)
+    with clean_after(lm), injected(lm.module, at=at, error=oom) as faults:
+        with pytest.raises(torch.OutOfMemoryError, match="simulated") as info:
+            run(lm, 2)
+    assert type(info.value) is torch.OutOfMemoryError and faults.fired == 1
+
+
+def test_the_models_own_exception_in_layer_igs_baseline_pass_keeps_its_type(lm):
+    """The model raising on the baseline (and not on the inputs) is the model's error, not an attrib one."""
+    run, at = UNBATCHED_BEFORE["layer IG value on the baseline"]
+    reference = run(lm, None)
+    with clean_after(lm), injected(lm.module, at=at, error=lambda: ModelBug("the model refused the baseline")):
+        with pytest.raises(ModelBug, match="refused the baseline") as info:
+            run(lm, None)
+    assert type(info.value) is ModelBug
+    assert_same(run(lm, None), reference)
+
+
 # -- KeyboardInterrupt ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("method, where", [(m, "forward") for m in sorted(METHODS)]

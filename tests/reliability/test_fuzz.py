@@ -22,7 +22,7 @@ _one_thread = badcases.one_thread
 SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N_LAYERS, N_HEADS = 2, 4
 PROMPTS = {"ids": IDS, "1-D ids": IDS[0], "text": "w3 w14 w15", "two texts": ["w3 w14", "w3 w14 w15"],
-           "three rows": torch.cat([IDS, CORRUPT, IDS])}
+           "three rows": torch.cat([IDS, CORRUPT, IDS]), "a list of ids": [3, 14, 15]}
 
 
 @contextmanager
@@ -85,7 +85,7 @@ def pick(data: st.DataObject, arguments: dict[str, tuple[st.SearchStrategy, st.S
             for name, (valid, invalid) in arguments.items()}
 
 
-PROMPT = (st.sampled_from(sorted(PROMPTS)), st.sampled_from(["", [1, 2], 7, None, b"w3", [""]]))
+PROMPT = (st.sampled_from(sorted(PROMPTS)), st.sampled_from(["", ["w1", 2], [1, 99], 7, None, b"w3", [""]]))
 N_STEPS = (st.integers(1, 6), st.one_of(st.integers(-2, 0), st.sampled_from([2.5, "3", None, True, [4]])))
 BATCH_SIZE = (st.one_of(st.none(), st.integers(1, 9)), st.sampled_from([0, -1, 2.0, True, 1.5, [2]]))
 TARGET = (st.one_of(st.none(), st.integers(0, 49), st.sampled_from(["w3", "w3 w4", [3, 4], [3], (7,), torch.tensor(3),

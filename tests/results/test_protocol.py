@@ -61,7 +61,7 @@ def test_the_protocol(results, name):
 def test_files_are_checked(results, tmp_path):
     path = tmp_path / "a.safetensors"
     results["saliency"].save(path)
-    with pytest.raises(attrib.ResultFileError, match="holds a attribution result, not a patching"):
+    with pytest.raises(attrib.ResultFileError, match="holds an attribution result, not a patching"):
         attrib.PatchingResult.load(path)
     with pytest.raises(attrib.ResultFileError, match="is not a file"):
         attrib.load(tmp_path / "missing.safetensors")
