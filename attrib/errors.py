@@ -34,7 +34,7 @@ __all__ = [
     # drawing
     "PlotError", "OptionError",
     # warnings
-    "AttribWarning", "TrainModeWarning",
+    "AttribWarning", "TrainModeWarning", "ConvergenceWarning",
 ]
 
 
@@ -170,3 +170,7 @@ class AttribWarning(UserWarning):
 class TrainModeWarning(AttribWarning):
     """A method ran on a model in train mode: dropout makes each forward random, so two identical calls
     give different attributions. attrib leaves the mode to the user (``model.module.eval()``)."""
+
+
+class ConvergenceWarning(AttribWarning):
+    """Integrated gradients with ``n_steps="auto"`` used its budget of evaluations before reaching ``tol``."""

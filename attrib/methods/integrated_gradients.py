@@ -31,7 +31,8 @@ from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
 from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, nonfinite, prepare, token_strings
-from .passes import gradient_at, jacobian_at, values_at
+from .passes import item_gradients, values_at
+from .ig_adaptive import AUTO, check_auto, integrate_auto
 from .quadrature import quadrature
 
 __all__ = ["integrated_gradients"]
@@ -40,9 +41,10 @@ __all__ = ["integrated_gradients"]
 @releasing
 def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None,
                          score: str = "logit", metric: Callable | None = None, baseline: Any = "zeros",
-                         n_steps: int = 50, rule: str = "gausslegendre", layer: str | Site | Envoy | None = None,
+                         n_steps: int | str = 50, rule: str = "gausslegendre", layer: str | Site | Envoy | None = None,
                          batch_size: int | None = None, per_token: bool = False,
-                         method: str | None = None) -> Attribution | list[Attribution]:
+                         method: str | None = None, tol: float = 0.01,
+                         max_evaluations: int = 600) -> Attribution | list[Attribution]:
     """Integrated gradients of a target score w.r.t. the input embeddings (or a site such as ``layer``'s
     output). One result per input item (:mod:`attrib.methods.inputs`).
 
@@ -60,6 +62,10 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
       ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid`` and ``gausslegendre``, which never evaluates
       the end points). ``method=`` is accepted as Captum's name for ``rule`` (a result's ``.method`` is the
       attribution method, ``"integrated_gradients"``).
+    - ``n_steps="auto"``: adaptive Gauss–Kronrod steps per prompt (:mod:`attrib.methods.adaptive`) until the
+      completeness error is within ``tol`` × |f(x) − f(b)|, using at most ``max_evaluations`` points; ``.info``
+      then holds ``evaluations``, ``converged`` and the ``intervals`` used, and an unmet tolerance warns
+      (:class:`~attrib.ConvergenceWarning`) with the measured error.
     - ``layer``: a site name (``"resid_post.3"``, :mod:`attrib.models.sites`), a module path
       (``"model.layers.3"``) or an envoy: layer IG, interpolating that value between its values on the
       baseline run and on the input run.
@@ -78,7 +84,12 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
                           "of attributions per target token.")
     per_token = bool(per_token)
     rule = rule if method is None else method
-    alphas, weights = quadrature(rule, n_steps, "rule" if method is None else "method")
+    auto = isinstance(n_steps, str) and n_steps == AUTO
+    if auto:
+        tol, max_evaluations = check_auto(tol, max_evaluations)
+        alphas, weights = [], []
+    else:
+        alphas, weights = quadrature(rule, n_steps, "rule" if method is None else "method")
     batch_size = check_batch_size(batch_size)
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric, batch_size=batch_size)
     check_finite_inputs(prep)
@@ -101,12 +112,18 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
                               f"position of the {prep.n_prompt}-token prompt (the head computes only the last "
                               "positions); attribute to a site before it, e.g. 'resid_post.-1'.")
     n_out = prep.n_out if per_token else 1
-    attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
+    per_item: list[dict[str, Any]] = [{} for _ in range(prep.n_items)]
+    if auto:
+        attr, f_x, f_b, per_item = integrate_auto(prep, where, x, b, n_out, batch_size, tol, max_evaluations,
+                                                  _point, _accumulation_dtype(x))
+        rule = "gausskronrod"
+    else:
+        attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
     _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
-    info = {"rule": rule, "n_steps": len(alphas), "layer": "embeddings" if layer is None else where.name,
-            "baseline": _baseline_info(baseline)}
-    results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, info)
+    info = {"rule": rule, "n_steps": AUTO if auto else len(alphas),
+            "layer": "embeddings" if layer is None else where.name, "baseline": _baseline_info(baseline)}
+    results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, {**info, **per_item[i]})
                for i in range(prep.n_items)]
     return results[0] if prep.single else results
 
@@ -196,12 +213,7 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
         item, step = rows // n_nodes, rows % n_nodes
         alpha = torch.tensor(nodes, dtype=acc, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
         value = _point(x[item], b[item], alpha)
-        args, kwargs = prep.call(item)
-        if n_out == 1:
-            scores, grad = gradient_at(model, where, value, lambda out: prep.scores(out, item).sum(-1), args, kwargs)
-            scores, grad = scores.unsqueeze(1), grad.unsqueeze(1)
-        else:
-            scores, grad = jacobian_at(model, where, value, lambda out: prep.scores(out, item), args, kwargs)
+        scores, grad = item_gradients(prep, where, value, item, n_out)
         end = step >= len(alphas)
         ends[item[end], :, step[end] - len(alphas)] = scores[end].double()
         grad = grad.to(acc)

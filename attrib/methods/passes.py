@@ -21,7 +21,7 @@ from ..core.model import Model
 from ..core.release import free_after_oom, is_oom
 from ..models.sites import Site
 
-__all__ = ["gradient_at", "jacobian_at", "values_at"]
+__all__ = ["gradient_at", "jacobian_at", "values_at", "item_gradients"]
 
 
 def gradient_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callable[[Any], torch.Tensor],
@@ -78,3 +78,14 @@ def values_at(model: Model, sites: list[Site], args: tuple, kwargs: dict,
             replace[0].write(model, replace[1])
         values = [s.read(model).detach().save() for s in sites]
     return values
+
+
+def item_gradients(prep: Any, where: Site, value: torch.Tensor, item: torch.Tensor, n_out: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (R, n_out), gradients (R, n_out, ...)) of rows of ``prep``'s items (``item``) with ``where``'s value
+    set to ``value``: one gradient of the summed target when ``n_out == 1``, else one per target token."""
+    args, kwargs = prep.call(item)
+    if n_out == 1:
+        scores, grad = gradient_at(prep.model, where, value, lambda out: prep.scores(out, item).sum(-1), args, kwargs)
+        return scores.unsqueeze(1), grad.unsqueeze(1)
+    return jacobian_at(prep.model, where, value, lambda out: prep.scores(out, item), args, kwargs)

@@ -33,9 +33,10 @@ def check_steps(n_steps: Any) -> int:
             raise TypeError
         n = operator.index(n_steps)
     except TypeError:
-        raise MethodError(f"n_steps must be a positive integer, got {n_steps!r:.40}; pass e.g. n_steps=50.") from None
+        raise MethodError(f"n_steps must be a positive integer or 'auto', got {n_steps!r:.40}; "
+                          "pass e.g. n_steps=50.") from None
     if n < 1:
-        raise MethodError(f"n_steps must be a positive integer, got {n}; pass e.g. n_steps=50.")
+        raise MethodError(f"n_steps must be a positive integer or 'auto', got {n}; pass e.g. n_steps=50.")
     if n > MAX_STEPS:
         raise MethodError(f"n_steps={n} is more than the {MAX_STEPS} interpolation points attrib runs (each is a "
                           "forward and a backward per prompt, and Gauss-Legendre converges within a few hundred); "

@@ -106,7 +106,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(monkeypatch):
     model = lm("llama")
     expected = attrib.integrated_gradients(model, IDS, target=7, n_steps=8, batch_size=2)
     sizes = []
-    ig_module = sys.modules["attrib.methods.integrated_gradients"]
+    ig_module = sys.modules["attrib.methods.passes"]
     original = ig_module.gradient_at
 
     def limited(model_, envoy, value, *args, **kwargs):

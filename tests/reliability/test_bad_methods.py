@@ -125,7 +125,7 @@ CASES: list[Case] = [
     error("saliency of an unwrapped module", MethodError, r"model must be an attrib\.Model.*got Sequential",
           lambda m: attrib.saliency(m.mlp.module, m.x, target=0)),
     # n_steps, rule / method
-    *[error(f"n_steps={k!r}", MethodError, rf"n_steps must be a positive integer, got {v(k)}", ig(n_steps=k))
+    *[error(f"n_steps={k!r}", MethodError, rf"n_steps must be a positive integer or 'auto', got {v(k)}", ig(n_steps=k))
       for k in (0, -5, 2.5, "10", True, None)],
     error("unknown rule", MethodError, r"rule='riemann' is not one of riemann_left, .*gausslegendre",
           ig(rule="riemann")),

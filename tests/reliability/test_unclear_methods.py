@@ -205,7 +205,7 @@ def test_4_n_steps_has_an_upper_bound(lm, leakcheck, rule):
                                                  rf".*pass n_steps <= {MAX_STEPS}"):
         attrib.integrated_gradients(lm, IDS, target=3, n_steps=10**6, rule=rule)
     for bad in (0, 2.5, "50", True):
-        with pytest.raises(attrib.MethodError, match=r"n_steps must be a positive integer, got"):
+        with pytest.raises(attrib.MethodError, match=r"n_steps must be a positive integer or 'auto', got"):
             attrib.integrated_gradients(lm, IDS, target=3, n_steps=bad, rule=rule)
     check.assert_clean()
     torch.testing.assert_close(logits_of(lm), before, rtol=0, atol=0)
