@@ -142,9 +142,11 @@ class BackwardContext(Handoff):
             raise better from None
         # The values read in the trace keep the gradient this pass gave them in ``.grad`` (summed over the
         # trace's contexts, as retain_grad() would), so ``h.grad`` read after the block is that value.
-        kept = self.trace.grads_kept
+        kept, values = self.trace.grads_kept, self.trace._touched
         for t, grad in zip(targets, grads):
-            if grad is not None and t.grad_fn is not None:
+            # only the trace's values: they live as long as the trace, so their ids in ``kept`` are not reused
+            # (the loss of an earlier context, freed since, may share its id with this one)
+            if grad is not None and t.grad_fn is not None and values.get(id(t)) is t:
                 # torch warns when an unset non-leaf .grad is read: read it only where one was set
                 old = original_grad.__get__(t) if t.retains_grad or id(t) in kept else None
                 original_grad.__set__(t, grad if old is None else old + grad)

@@ -135,3 +135,18 @@ def test_7_a_value_read_in_the_trace_keeps_its_gradient_after_the_context(lm):
     finally:
         handle.remove()
     torch.testing.assert_close(inside, torch.autograd.grad(out[0, -1, 3], store[0])[0])
+
+
+def test_7_a_later_loss_that_reuses_a_freed_loss_id_gets_no_stale_grad(lm):
+    """The first context's loss is freed when it ends; a new loss may take its id. It must not be taken for a
+    value whose gradient the trace keeps (torch's non-leaf warning, and a stale sum)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(20):                       # id reuse is likely within a few tries
+            with lm.trace(IDS):
+                h = lm.transformer.h[0].output
+                logits = lm.output.logits
+                with logits[0, -1, 3].backward(retain_graph=True):
+                    h.grad.save()
+                with logits[0, -1, 4].backward():
+                    h.grad.save()
