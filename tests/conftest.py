@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import gc
 import logging
 
@@ -177,3 +179,17 @@ def no_gc():
     finally:
         if was:
             gc.enable()
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30):
+    """Fail with an AssertionError instead of hanging past ``seconds`` (SIGALRM, main thread only)."""
+    def fail(*_):
+        raise AssertionError(f"hung for {seconds} s")
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -39,7 +39,6 @@ output projection), found through the model's layout (:mod:`attrib.models.layout
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -48,6 +47,7 @@ import torch
 from ..core.model import Model
 from ..core.release import free_after_oom, is_oom, releasing
 from ..errors import MethodError
+from ..models.ids import as_int
 from ..models.sites import Site, layout_for, schedule, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, prepare
@@ -122,13 +122,10 @@ def _positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
     if not single and not isinstance(positions, Iterable):
         raise MethodError(f"positions must be an int, a list of ints or None (every position), got {positions!r}.")
     for given in [positions] if single else positions:
-        try:
-            if isinstance(given, bool):
-                raise TypeError
-            p = operator.index(given)
-        except TypeError:
+        p = as_int(given)
+        if p is None:
             raise MethodError(f"positions must be ints (token positions, negative from the end), got {given!r:.40} in "
-                              f"positions={positions!r:.60}; pass e.g. positions=[1, -1].") from None
+                              f"positions={positions!r:.60}; pass e.g. positions=[1, -1].")
         if not -n <= p < n:
             raise MethodError(f"position {p} is outside the prompt of {n} tokens (positions={positions!r:.60}); pass "
                               f"positions from {-n} to {n - 1} (negative ones count from the end).")

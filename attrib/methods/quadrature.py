@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
 from ..errors import MethodError
+from ..models.ids import as_int
 
 __all__ = ["quadrature", "METHODS", "MAX_STEPS"]
 
@@ -28,13 +28,10 @@ _NUMPY_NODES = 1000      # up to here numpy's leggauss (Captum's own nodes); abo
 
 def check_steps(n_steps: Any) -> int:
     """``n_steps`` as an int from 1 to :data:`MAX_STEPS`, else one clear error."""
-    try:
-        if isinstance(n_steps, bool):
-            raise TypeError
-        n = operator.index(n_steps)
-    except TypeError:
+    n = as_int(n_steps)
+    if n is None:
         raise MethodError(f"n_steps must be a positive integer or 'auto', got {n_steps!r:.40}; "
-                          "pass e.g. n_steps=50.") from None
+                          "pass e.g. n_steps=50.")
     if n < 1:
         raise MethodError(f"n_steps must be a positive integer or 'auto', got {n}; pass e.g. n_steps=50.")
     if n > MAX_STEPS:

@@ -40,6 +40,8 @@ def as_int(value: Any) -> int | None:
         return int(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        return int(value)
     return None
 
 

@@ -3,15 +3,13 @@ plain-hook reference exactly or raise OutOfOrderError at the first illegal step 
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attrib
-from tests.conftest import tiny_hf
+from tests.conftest import no_hang, tiny_hf
 
 # Modules whose output is a tensor, in execution order.
 MODULES = ["transformer.wte", "transformer.wpe", "transformer.h.0.mlp", "transformer.h.0",
@@ -23,19 +21,6 @@ IDS = torch.tensor([[3, 14, 15, 9, 26]])
 
 def loss_of(logits: torch.Tensor) -> torch.Tensor:
     return logits[0, -1, 7] + 0.25 * logits[0, 2, 11]
-
-
-@contextmanager
-def no_hang(seconds: int = 20):
-    def fail(*_):
-        raise AssertionError(f"hung for {seconds} s")
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def envoy(path: str):
@@ -147,7 +132,7 @@ def test_random_reads_and_edits_match_hooks_or_raise_out_of_order(fwd, bwd_picks
     read = list(dict.fromkeys(i for i, _ in fwd))
     bwd = [(read[k % len(read)], s) for k, s in bwd_picks]
     n_legal, all_legal = legal_prefix(fwd, bwd)
-    with no_hang():
+    with no_hang(20):
         values, grads, error_step = run_attrib(fwd, bwd)
     if all_legal:
         assert error_step is None

@@ -4,8 +4,6 @@ leaves the models clean and computing the same logits. ``derandomize=True``: the
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -13,6 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import attrib
+from tests.conftest import no_hang
 
 from . import badcases
 from .badcases import CORRUPT, IDS, assert_clean, models, recording_greenlets, reference_logits, snapshot
@@ -23,19 +22,6 @@ SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=[HealthCh
 N_LAYERS, N_HEADS = 2, 4
 PROMPTS = {"ids": IDS, "1-D ids": IDS[0], "text": "w3 w14 w15", "two texts": ["w3 w14", "w3 w14 w15"],
            "three rows": torch.cat([IDS, CORRUPT, IDS]), "a list of ids": [3, 14, 15]}
-
-
-@contextmanager
-def no_hang(seconds: int = 30):
-    def fail(*_):
-        raise AssertionError(f"hung for {seconds} s")
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def attempt(call) -> tuple[Any, BaseException | None]:
