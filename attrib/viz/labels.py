@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 from ..errors import PlotError
-from ..models.ids import as_int
 
 __all__ = ["SPACE", "NEWLINE", "TAB", "EMPTY", "MARKERS", "token_label", "mpl_text", "chunks", "position_labels",
            "position_index", "number", "quoted"]
@@ -73,10 +73,13 @@ def position_index(position: Any, n: int, name: str = "position") -> int:
     >>> position_index(-1, 11), position_index(3, 11)
     (10, 3)
     """
-    p = as_int(position)
-    if p is None:
+    try:
+        if isinstance(position, bool):
+            raise TypeError
+        p = operator.index(position)
+    except TypeError:
         raise PlotError(f"{name} must be an int (a prompt position, negative from the end), got {position!r:.40}; "
-                        "pass e.g. -1 for the last token.")
+                        "pass e.g. -1 for the last token.") from None
     if not -n <= p < n:
         raise PlotError(f"{name}={p} is outside the prompt of {n} tokens; pass a position from {-n} to {n - 1} "
                         "(negative counts from the end).")
