@@ -1,8 +1,8 @@
 """``make demo``: integrated gradients on the offline demo model (SmolLM2-135M-Instruct).
 
 Run with ``python -m attrib.demo [--prompt TEXT] [--target TEXT] [--out DIR]``. It attributes the logit of
-the target (" Paris" for "The capital of France is") to the prompt's tokens with integrated gradients,
-prints the top tokens and the completeness delta, and writes the token heatmap as a PNG. Then it runs the
+the target (" Paris" for "The capital of France is") to the prompt's tokens with integrated gradients at
+its defaults (baseline "auto", adaptive steps), prints the top tokens and the completeness delta, and writes the token heatmap as a PNG. Then it runs the
 seed page's gradient example: every decoder layer's output is read in a trace, ``with score.backward():``
 reads their gradients in reverse order, and the gradient norm per layer and position is printed and
 written as a second heatmap. Last, attribution patching on an indirect-object-identification (IOI) pair
@@ -51,18 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    # The probability, not the logit: on SmolLM2 the logit along the straight path from a zero baseline
-    # changes almost entirely within a sliver near the baseline, which no 50-point rule resolves
-    # (docs/methods.md gives the measurements); the probability's path integral converges.
-    ig = attrib.integrated_gradients(model, args.prompt, target=args.target, score="prob")
+    # The defaults: the logit, baseline "auto" (pad everywhere but the first position, the attention sink) and
+    # adaptive steps until the completeness error is within 1% (docs/methods.md, "Defaults").
+    ig = attrib.integrated_gradients(model, args.prompt, target=args.target)
     took = time.perf_counter() - start
     change = ig.info["f_x"] - ig.info["f_baseline"]
-    print(f"\nintegrated gradients of the probability of {quoted(ig.target)} ({ig.info['n_steps']} steps, "
-          f"{ig.info['rule']}, baseline {ig.info['baseline']!r}, {took:.1f} s)")
+    print(f"\nintegrated gradients of the logit of {quoted(ig.target)} (baseline {ig.info['baseline']!r}, "
+          f"{ig.info['evaluations']} evaluations of {ig.info['rule']}, {took:.1f} s)")
     for token, value in ig.top(len(ig.tokens)):
         print(f"  {token!r:>14} {value:+9.3f}")
     print(f"completeness: sum {float(ig.scores.sum()):+.3f}, f(x) - f(baseline) {change:+.3f}, "
-          f"delta {float(ig.delta):+.3f} ({abs(float(ig.delta)) / max(abs(change), 1e-12):.1%})")
+          f"delta {float(ig.delta):+.4f} ({ig.info['completeness']:.2%})")
     fig = ig.plot()
     path = out / "integrated_gradients.png"
     fig.savefig(path, dpi=args.dpi)

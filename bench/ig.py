@@ -1,6 +1,6 @@
 """Integrated gradients: attrib against the eager ideal and Captum, side by side in one run.
 
-Cases (random weights; nothing is downloaded):
+Cases (random weights unless said otherwise; nothing is downloaded):
 
 - ``ig-smollm2`` / ``ig-llama1b``: IG of one target logit (token 42 at the last position) w.r.t. the input
   embeddings of a ``--tokens`` prompt, ``--steps`` Gauss-Legendre points, zero baseline, in the
@@ -35,6 +35,16 @@ Cases (random weights; nothing is downloaded):
   once per output token with the same forward function), which the header then says.
   Goal: Captum / attrib ≥ 10.
 
+- ``adaptive-smollm2`` / ``adaptive-demo`` (``bench/ig_adaptive.py``, issue 13): IG of one target logit on a
+  batch of ``--prompts`` prompts in one call, attrib against itself: ``zeros GL50`` (``baseline="zeros",
+  n_steps=50``, the former default), ``auto GL50`` (``n_steps=50``), ``auto GL200`` (``n_steps=200``) and
+  ``auto adaptive`` (the defaults: ``n_steps="auto"``, baseline ``"auto"``). Columns: ms per prompt, evaluations
+  per prompt, the completeness error |delta| / |f(x) − f(b)| (median, max), prompts within 1%, prompts not
+  converged. ``adaptive-smollm2``: random weights, SmolLM2-135M shape, ``--tokens`` random ids per prompt;
+  ``adaptive-demo``: the demo model's real weights (float32, CPU only, skipped unless cached) on
+  ``repro/facts.py``. Defaults: 8 prompts on CUDA; 4 prompts (of 8 tokens for the random model) and 128 rows
+  per pass (``--batch-size``) on CPU.
+
 Timing as in ``bench/core_overhead.py``: contestants interleaved in a shuffled order, each timed call after
 an untimed call of the same contestant, median of ``--reps`` after ``--warmup`` rounds,
 ``torch.cuda.synchronize()`` around every call on CUDA. attrib's tqdm bar (calls over two seconds) goes to
@@ -42,8 +52,9 @@ stderr; the tables go to stdout.
 
 Run from the repo root (attrib need not be installed)::
 
-    python bench/ig.py --device cpu                       # float32, small sizes: a few minutes on 2 cores
-    python bench/ig.py --device cuda                      # bf16, 64 tokens, 50 steps, 32-token matrix
+    python bench/ig.py --device cpu                       # float32, small sizes (IG cases: a few minutes on 2 cores)
+    python bench/ig.py --device cuda                      # bf16, 64 tokens, 50 steps, 32-token matrix, 8 prompts
+    python bench/ig.py --device cpu --cases adaptive-smollm2,adaptive-demo --reps 3   # 4 prompts, 8 tokens
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ import transformers  # noqa: E402
 
 import attrib  # noqa: E402
 from bench.harness import cell, header, ratio, time_contestants  # noqa: E402
+from bench.ig_adaptive import CASES as ADAPTIVE_CASES, TITLE as ADAPTIVE_TITLE, measure_adaptive  # noqa: E402
 
 try:
     import captum  # noqa: E402
@@ -279,17 +291,23 @@ def table(rows: list[dict[str, str]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="ig-smollm2,ig-llama1b,matrix-smollm2",
-                        help="comma list of ig-smollm2, ig-llama1b, matrix-smollm2")
+    cases = ("ig-smollm2", "ig-llama1b", "matrix-smollm2", *ADAPTIVE_CASES)
+    parser.add_argument("--cases", default=",".join(cases), help="comma list of " + ", ".join(cases))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--tokens", type=int, default=None, help="IG prompt length (default 64 on CUDA, 16 on CPU)")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="IG prompt length (default 64 on CUDA, 16 on CPU; adaptive-smollm2 on CPU: 8)")
     parser.add_argument("--steps", type=int, default=None, help="interpolation points (default 50 on CUDA, 10 on CPU)")
     parser.add_argument("--small-ibs", type=int, default=None,
                         help="Captum's small internal_batch_size (default steps // 5: 10 for 50 steps)")
     parser.add_argument("--out-tokens", type=int, default=None,
                         help="matrix continuation length (default 32 on CUDA, 6 on CPU)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="prompts per batch of the adaptive-* cases (default 8 on CUDA, 4 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per pass in the adaptive-* cases (default: all rows, halved on out-of-memory, on "
+                             "CUDA; 128 on CPU, where running out of memory kills the process instead)")
     parser.add_argument("--reps", type=int, default=None, help="default 10 on CUDA, 3 on CPU")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed rounds first (default 2 on CUDA, 0 on CPU, where every timed call already "
@@ -302,13 +320,15 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or (50 if cuda else 10)
     small_ibs = args.small_ibs or max(1, steps // 5)
     n_out = args.out_tokens or (32 if cuda else 6)
+    n_prompts = args.prompts or (8 if cuda else 4)
+    batch_size = args.batch_size or (None if cuda else 128)
     reps = args.reps or (10 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (2 if cuda else 0)
     cap_version = captum.__version__ if captum is not None else "not installed"
     print(header(device, reps, warmup, {"captum": cap_version}), flush=True)
     if captum is None:
         print("captum is not installed: its columns are empty (pip install captum)")
-    ig_rows, matrix_rows, notes = [], [], []
+    ig_rows, matrix_rows, adaptive_rows, notes = [], [], [], []
     for case in (c.strip() for c in args.cases.split(",") if c.strip()):
         if case in ("ig-smollm2", "ig-llama1b"):
             ig_rows.append(measure_ig(case[3:], device, dtype, tokens, steps, small_ibs, reps, warmup))
@@ -316,8 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         elif case == "matrix-smollm2":
             matrix_rows.append(measure_matrix(device, dtype, n_out, steps, reps, warmup, notes))
             print(f"  {case} done", file=sys.stderr, flush=True)
+        elif case in ADAPTIVE_CASES:
+            adaptive_rows += measure_adaptive(case, device, dtype, n_prompts, args.tokens or (64 if cuda else 8),
+                                              batch_size, reps, warmup, notes, build)
+            print(f"  {case} done", file=sys.stderr, flush=True)
         else:
-            raise SystemExit(f"unknown case {case!r}; choose from ig-smollm2, ig-llama1b, matrix-smollm2")
+            raise SystemExit(f"unknown case {case!r}; choose from {', '.join(cases)}")
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -327,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     if matrix_rows:
         print("\nOutputs × inputs matrix of a continuation (log-prob targets, zero baseline, Gauss-Legendre)\n")
         print(table(matrix_rows))
+    if adaptive_rows:
+        print(f"\n{ADAPTIVE_TITLE}\n")
+        print(table(adaptive_rows))
     for note in notes:
         print(f"\nnote: {note}")
 

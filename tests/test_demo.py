@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -16,7 +18,10 @@ def test_demo_writes_png_and_table(tmp_path, capsys, demo):
     assert demo_script.main(["--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "top next token ' Paris'" in printed
-    assert "integrated gradients of the probability of ' Paris'" in printed
+    assert "integrated gradients of the logit of ' Paris' (baseline 'auto'" in printed
+    line = printed.split("completeness: ")[1].splitlines()[0]
+    share = float(re.search(r"\(([0-9.]+)%\)$", line).group(1))
+    assert share <= 1.0, printed                # the defaults converge on the logit
     assert (tmp_path / "integrated_gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "   29 " in printed                       # one row per layer: 30 layers
     png = tmp_path / "residual_grad_norms.png"

@@ -20,6 +20,8 @@ EXPECTED = {
                   "dummy", "implementation invariance, class 2", "OK: all"],
     "atp_vs_patching": ["group", "Pearson r", "heads, last position", "resid, early layers 0-9",
                         "mlp, late layers 20-29", "Nanda 2023 / Kramár et al. 2024 claims", "OK: all"],
+    "ig_convergence": ["completeness with attrib's defaults", "defaults: |delta|/|f(x)-f(b)| <= 1%",
+                       "defaults: evaluations per prompt", "former default: zeros, 50 Gauss-Legendre", "OK: all"],
     "sanity_checks": ["Spearman ρ", "top 1", "top 30", "|IG|", "Adebayo et al. 2018", "grad falls", "OK: all"],
 }
 
@@ -28,6 +30,7 @@ IMPOSSIBLE = {
     "ig_axioms": (["--tolerance", "0", "--invariance-tolerance", "-1"], "implementation invariance"),
     "atp_vs_patching": (["--min-heads-r", "1.01"], "AtP tracks patching for heads"),
     "sanity_checks": (["--max-final", "-1.01"], "grad falls with randomisation"),
+    "ig_convergence": (["--max-mean-evaluations", "10"], "defaults: evaluations per prompt"),
 }
 
 

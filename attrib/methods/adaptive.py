@@ -6,14 +6,15 @@
 ...     return torch.where(items == 0, 3 * torch.cos(3 * alphas), 5 * alphas ** 4).view(-1, 1, 1)
 >>> out = integrate_adaptive(pointwise(rate), 2, diffs=torch.tensor([[math.sin(3)], [1.0]]), tol=1e-6)
 >>> [round(v, 12) for v in out.values.flatten().tolist()], out.evaluations.tolist()
-([0.14112000806, 1.0], [30, 30])
+([0.14112000806, 1.0], [60, 60])
 
 Each interval is integrated with the 15-point Kronrod rule; the 7-point Gauss rule nested in it (same nodes)
 estimates the interval's error, |K15 − G7|, on the scalar that completeness is about (the integrand's sum).
 An item is done when the summed error estimate and its completeness error |Σ attribution − (f(x) − f(b))|
-are both within ``tol`` × |f(x) − f(b)|. Until then each round bisects, for every unfinished item, its
-intervals of largest error (up to the item's remaining budget of evaluations), and the new nodes of all items
-go to ``evaluate`` together: one batched round. Gauss–Kronrod nodes never touch the end points, where a zero
+are both within ``tol`` × |f(x) − f(b)|. The first round integrates ``first_split`` equal intervals; until
+an item is done each round bisects its intervals of largest error, the fewest whose removal leaves a summed
+estimate within ``margin`` × the tolerance (at least one, within the item's remaining budget of evaluations),
+and the new nodes of all items go to ``evaluate`` together: one batched round. Gauss–Kronrod nodes never touch the end points, where a zero
 baseline's gradient is not defined (Kronrod 1965; Piessens et al., QUADPACK, 1983).
 """
 
@@ -111,7 +112,8 @@ def _rule(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def integrate_adaptive(evaluate: Evaluate, n_items: int, *, diffs: torch.Tensor, tol: float = 0.01,
-                       max_evaluations: int = 600, first_split: int = 2, max_depth: int = 30) -> AdaptiveResult:
+                       max_evaluations: int = 1000, first_split: int = 4, margin: float = 0.5,
+                       max_depth: int = 30) -> AdaptiveResult:
     """Integrate every item's integrand over [0, 1] to relative tolerance ``tol`` of ``diffs`` (items, n_out),
     the exact integral of the scalar (f(x) − f(b))."""
     if first_split * NODES_PER_INTERVAL > max_evaluations:
@@ -136,13 +138,17 @@ def integrate_adaptive(evaluate: Evaluate, n_items: int, *, diffs: torch.Tensor,
             if bool((error <= limit).all() and (delta <= limit).all()):
                 done[i] = True
                 continue
-            # bisect the worst intervals (relative to the tolerance, worst output) while the budget lasts
-            order = sorted(intervals[i], key=lambda iv: float((iv.error / limit).max()), reverse=True)
+            # bisect the fewest intervals of largest error (relative to the tolerance, on every output) that
+            # leave the rest's summed estimate within margin × the tolerance, while the budget lasts
             room = (max_evaluations - used[i]) // (2 * NODES_PER_INTERVAL)
-            picked = [iv for iv in order[:max(room, 0)]
-                      if float((iv.error / limit).max()) > 1.0 / max(len(order), 1) and iv.hi - iv.lo > 2.0 ** -max_depth]
-            if not picked and room > 0 and order and order[0].hi - order[0].lo > 2.0 ** -max_depth:
-                picked = order[:1]      # completeness still off while each estimate looks fine: refine the worst
+            splittable = [iv for iv in intervals[i] if iv.hi - iv.lo > 2.0 ** -max_depth]
+            order = sorted(splittable, key=lambda iv: float((iv.error / limit).max()), reverse=True)[:max(room, 0)]
+            picked, rest = [], error / limit
+            for iv in order:
+                if picked and float(rest.max()) <= margin:
+                    break
+                picked.append(iv)
+                rest = rest - iv.error / limit
             for iv in picked:
                 intervals[i].remove(iv)
                 mid = 0.5 * (iv.lo + iv.hi)

@@ -18,10 +18,11 @@ from . import files
 from .attribution import Attribution
 from .base import Result
 from .patching import PatchingResult
+from .profile import PathProfile
 
-__all__ = ["Result", "Attribution", "PatchingResult", "load"]
+__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "load"]
 
-_KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult)}
+_KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult, PathProfile)}
 
 
 def load(path: str | os.PathLike) -> Result:

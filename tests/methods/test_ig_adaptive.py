@@ -25,7 +25,7 @@ def test_a_linear_model_needs_one_round_and_gives_the_closed_form():
     x = torch.randn(1, 3, dtype=torch.float64)
     a = attrib.integrated_gradients(net, x, target=1, n_steps="auto")
     torch.testing.assert_close(a.values, x[0] * net.module.weight[1].detach(), rtol=1e-12, atol=1e-12)
-    assert a.info["evaluations"] == 2 * 15 + 2 and a.info["converged"] is True and a.info["n_steps"] == "auto"
+    assert a.info["evaluations"] == 4 * 15 + 2 and a.info["converged"] is True and a.info["n_steps"] == "auto"
 
 
 def test_an_mlp_matches_a_converged_fixed_rule():
@@ -52,7 +52,7 @@ def test_layer_and_per_token_ig_converge_on_a_tiny_gpt2():
 
 def test_each_prompt_of_a_batch_refines_on_its_own():
     net = mlp()
-    x = torch.tensor([[0.01, 0.0, 0.0, 0.0], [30.0, -40.0, 25.0, 10.0]], dtype=torch.float64)
+    x = torch.tensor([[0.01, 0.0, 0.0, 0.0], [300.0, -400.0, 250.0, 100.0]], dtype=torch.float64)
     small, large = attrib.integrated_gradients(net, x, target=0, n_steps="auto", tol=1e-8)
     assert small.info["evaluations"] < large.info["evaluations"]
     assert small.info["converged"] and large.info["converged"]

@@ -22,7 +22,7 @@ def lm():
 
 
 METHODS = {
-    "integrated_gradients": lambda m, x, **k: attrib.integrated_gradients(m, x, n_steps=4, **k),
+    "integrated_gradients": lambda m, x, **k: attrib.integrated_gradients(m, x, baseline="zeros", n_steps=4, **k),
     "saliency": lambda m, x, **k: attrib.saliency(m, x, **k),
 }
 
@@ -115,7 +115,7 @@ def test_ig_on_a_plain_model_honours_score_and_contrast(score):
     fn = {"logit": lambda o: o, "logprob": lambda o: torch.log_softmax(o, -1),
           "prob": lambda o: torch.softmax(o, -1)}[score]
     ref = captum_ig(lambda inp: fn(net.module(inp))[:, 2] - fn(net.module(inp))[:, 0], x, 9)
-    got = attrib.integrated_gradients(net, x, target=2, contrast=0, score=score, n_steps=9)
+    got = attrib.integrated_gradients(net, x, target=2, contrast=0, score=score, baseline="zeros", n_steps=9)
     torch.testing.assert_close(stacked(got), ref, rtol=1e-7, atol=1e-12)
     assert got[0].target == "'2' − '0'"
 
@@ -125,7 +125,7 @@ def test_ig_on_a_plain_model_honours_a_metric():
     x = torch.randn(2, 4, dtype=torch.float64)
     metric = lambda logits: logits[:, 1] * logits[:, 2]     # noqa: E731
     ref = captum_ig(lambda inp: metric(net.module(inp)), x, 7)
-    got = attrib.integrated_gradients(net, x, metric=metric, n_steps=7)
+    got = attrib.integrated_gradients(net, x, metric=metric, baseline="zeros", n_steps=7)
     torch.testing.assert_close(stacked(got), ref, rtol=1e-7, atol=1e-12)
 
 
@@ -138,7 +138,7 @@ def test_probabilities_of_a_float64_model_stay_float64(score):
     x = hf.get_input_embeddings()(ids).detach()
     fn = torch.softmax if score == "prob" else torch.log_softmax
     ref = by_hand(lambda e: fn(hf(inputs_embeds=e).logits[:, -1], -1)[:, 7], x, 8)
-    got = attrib.integrated_gradients(model, ids, target=7, score=score, n_steps=8)
+    got = attrib.integrated_gradients(model, ids, target=7, score=score, baseline="zeros", n_steps=8)
     torch.testing.assert_close(got.values, ref[0], rtol=1e-12, atol=1e-15)
 
 
@@ -146,7 +146,7 @@ def test_a_callable_target_has_one_label_in_every_method():
     net = mlp()
     x = torch.randn(1, 4, dtype=torch.float64)
     f = lambda out: out[:, 0]     # noqa: E731
-    assert attrib.integrated_gradients(net, x, target=f, n_steps=2).target == "metric"
+    assert attrib.integrated_gradients(net, x, target=f, baseline="zeros", n_steps=2).target == "metric"
     assert attrib.saliency(net, x, target=f).target == "metric"
 
 

@@ -30,7 +30,7 @@ def test_embedding_ig_equals_captum(arch, method, leakcheck):
     x = model.module.get_input_embeddings()(IDS[None]).detach()
     ref, ref_delta = IntegratedGradients(embed_fn(model.module, 7)).attribute(
         x, baselines=torch.zeros_like(x), n_steps=7, method=method, return_convergence_delta=True)
-    got = attrib.integrated_gradients(model, IDS, target=7, n_steps=7, method=method)
+    got = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=7, method=method)
     torch.testing.assert_close(got.values, ref[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.scores, ref[0].sum(-1), rtol=1e-5, atol=1e-7)
     assert abs(float(got.delta) - float(ref_delta)) < 1e-5
@@ -64,10 +64,10 @@ def test_generic_model_equals_captum():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
     x = torch.randn(2, 4, dtype=torch.float64)
     ref = IntegratedGradients(net).attribute(x, target=1, n_steps=11)
-    got = attrib.integrated_gradients(attrib.Model(net), x, target=1, n_steps=11)
+    got = attrib.integrated_gradients(attrib.Model(net), x, target=1, baseline="zeros", n_steps=11)
     torch.testing.assert_close(stacked(got), ref, rtol=1e-5, atol=1e-8)
     layer_ref = LayerIntegratedGradients(net, net[1]).attribute(x, target=2, n_steps=5)
-    layer_got = attrib.integrated_gradients(attrib.Model(net), x, target=2, n_steps=5, layer="1")
+    layer_got = attrib.integrated_gradients(attrib.Model(net), x, target=2, baseline="zeros", n_steps=5, layer="1")
     torch.testing.assert_close(stacked(layer_got), layer_ref, rtol=1e-5, atol=1e-8)
 
 
@@ -87,24 +87,24 @@ def test_one_right_riemann_step_is_gradient_times_difference():
     hf = model.module
     x = hf.get_input_embeddings()(IDS[None]).detach().requires_grad_()
     grad, = torch.autograd.grad(hf(inputs_embeds=x).logits[0, -1, 7], x)
-    got = attrib.integrated_gradients(model, IDS, target=7, n_steps=1, method="riemann_right")
+    got = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=1, method="riemann_right")
     torch.testing.assert_close(got.values, (grad * x)[0].detach())
 
 
 def test_batched_equals_unbatched_and_prompt_lists():
     model = lm("gpt2")
-    a = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
-    b = attrib.integrated_gradients(model, IDS, target=7, n_steps=8, batch_size=3)
+    a = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8)
+    b = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8, batch_size=3)
     torch.testing.assert_close(a.values, b.values, rtol=1e-10, atol=1e-12)
-    two = attrib.integrated_gradients(model, torch.stack([IDS, IDS.flip(0)]), target=7, n_steps=8)
+    two = attrib.integrated_gradients(model, torch.stack([IDS, IDS.flip(0)]), target=7, baseline="zeros", n_steps=8)
     torch.testing.assert_close(two[0].values, a.values, rtol=1e-10, atol=1e-12)
-    alone = attrib.integrated_gradients(model, IDS.flip(0), target=7, n_steps=8)
+    alone = attrib.integrated_gradients(model, IDS.flip(0), target=7, baseline="zeros", n_steps=8)
     torch.testing.assert_close(two[1].values, alone.values, rtol=1e-10, atol=1e-12)
 
 
 def test_out_of_memory_halves_the_batch_with_the_same_result(monkeypatch):
     model = lm("llama")
-    expected = attrib.integrated_gradients(model, IDS, target=7, n_steps=8, batch_size=2)
+    expected = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8, batch_size=2)
     sizes = []
     ig_module = sys.modules["attrib.methods.passes"]
     original = ig_module.gradient_at
@@ -116,21 +116,21 @@ def test_out_of_memory_halves_the_batch_with_the_same_result(monkeypatch):
         return original(model_, envoy, value, *args, **kwargs)
 
     monkeypatch.setattr(ig_module, "gradient_at", limited)
-    got = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
+    got = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8)
     assert sizes[:3] == [10, 5, 2] and set(sizes[3:]) == {2}   # 8 steps + the two end points
     assert torch.equal(got.values, expected.values)
     sizes.clear()                    # the next call starts at the size that fitted: no out-of-memory again
-    again = attrib.integrated_gradients(model, IDS, target=7, n_steps=8)
+    again = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8)
     assert set(sizes) == {2} and torch.equal(again.values, expected.values)
     sizes.clear()                    # another kind of work (a layer) is not limited by that memory
-    attrib.integrated_gradients(model, IDS, target=7, n_steps=8, layer="model.layers.0")
+    attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=8, layer="model.layers.0")
     assert sizes[0] == 10
 
 
 def test_per_token_matrix_equals_the_loop_of_single_targets():
     model = lm("neox")
     cont = [7, 12, 30]
-    matrix = attrib.integrated_gradients(model, IDS, target=cont, n_steps=6, per_token=True)
+    matrix = attrib.integrated_gradients(model, IDS, target=cont, baseline="zeros", n_steps=6, per_token=True)
     assert matrix.scores.shape == (3, len(IDS))
     hf = model.module
     for j in range(3):
@@ -141,28 +141,28 @@ def test_per_token_matrix_equals_the_loop_of_single_targets():
         ref = IntegratedGradients(embed_fn(hf, cont[j])).attribute(x, baselines=base, n_steps=6)
         # the matrix attributes to the prompt; teacher-forced tokens are inputs of later rows, not attributed
         torch.testing.assert_close(matrix.values[j], ref[0, : len(IDS)], rtol=1e-5, atol=1e-8)
-    summed = attrib.integrated_gradients(model, IDS, target=cont, n_steps=6)
+    summed = attrib.integrated_gradients(model, IDS, target=cont, baseline="zeros", n_steps=6)
     torch.testing.assert_close(summed.values, matrix.values.sum(0), rtol=1e-5, atol=1e-7)
 
 
 def test_contrast_and_scores(arch):
     model = lm(arch)
-    diff = attrib.integrated_gradients(model, IDS, target=7, contrast=9, n_steps=5)
-    a = attrib.integrated_gradients(model, IDS, target=7, n_steps=5)
-    b = attrib.integrated_gradients(model, IDS, target=9, n_steps=5)
+    diff = attrib.integrated_gradients(model, IDS, target=7, contrast=9, baseline="zeros", n_steps=5)
+    a = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=5)
+    b = attrib.integrated_gradients(model, IDS, target=9, baseline="zeros", n_steps=5)
     torch.testing.assert_close(diff.values, a.values - b.values, rtol=1e-5, atol=1e-7)
     hf = model.module
     x = hf.get_input_embeddings()(IDS[None]).detach()
     ref = IntegratedGradients(lambda e: torch.log_softmax(hf(inputs_embeds=e).logits[:, -1], -1)[:, 7]).attribute(
         x, baselines=torch.zeros_like(x), n_steps=5)
-    got = attrib.integrated_gradients(model, IDS, target=7, score="logprob", n_steps=5)
+    got = attrib.integrated_gradients(model, IDS, target=7, score="logprob", baseline="zeros", n_steps=5)
     torch.testing.assert_close(got.values, ref[0], rtol=1e-5, atol=1e-8)
 
 
 def test_metric_target():
     model = lm("gpt2")
-    got = attrib.integrated_gradients(model, IDS, metric=lambda logits: logits[:, -1, 7] * 2, n_steps=5)
-    ref = attrib.integrated_gradients(model, IDS, target=7, n_steps=5)
+    got = attrib.integrated_gradients(model, IDS, metric=lambda logits: logits[:, -1, 7] * 2, baseline="zeros", n_steps=5)
+    ref = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=5)
     torch.testing.assert_close(got.values, 2 * ref.values, rtol=1e-8, atol=1e-10)
 
 
@@ -171,8 +171,8 @@ def test_non_finite_attributions_raise():
     model = attrib.Model(torch.nn.Identity())
     score = lambda out: out.abs().sqrt().sum(-1)  # noqa: E731
     with pytest.raises(attrib.NonFiniteAttributionError, match="use rule='gausslegendre'"):
-        attrib.integrated_gradients(model, torch.ones(1, 3), target=score, n_steps=4, method="riemann_left")
-    fine = attrib.integrated_gradients(model, torch.ones(1, 3), target=score, n_steps=64)
+        attrib.integrated_gradients(model, torch.ones(1, 3), target=score, baseline="zeros", n_steps=4, method="riemann_left")
+    fine = attrib.integrated_gradients(model, torch.ones(1, 3), target=score, baseline="zeros", n_steps=64)
     assert torch.isfinite(fine.values).all()
 
 
@@ -206,7 +206,7 @@ def test_prompt_longer_than_the_context():
 
 @pytest.mark.slow
 def test_demo_model_prompts_and_string_targets(demo):
-    a = attrib.integrated_gradients(demo, "The capital of France is", target=" Paris", n_steps=8)
+    a = attrib.integrated_gradients(demo, "The capital of France is", target=" Paris", baseline="zeros", n_steps=8)
     assert a.tokens == ["The", " capital", " of", " France", " is"] and a.target == " Paris"
     assert torch.isfinite(a.values).all()
     with pytest.raises(attrib.AttribError, match="empty"):
@@ -217,6 +217,8 @@ def test_demo_model_prompts_and_string_targets(demo):
                                         target=" Paris", n_steps=4)
     alone = attrib.integrated_gradients(demo, "Paris is the capital of", target=" Paris", n_steps=4)
     torch.testing.assert_close(batch[1].values, alone.values, rtol=1e-3, atol=1e-4)
+    # baseline="auto" holds each prompt's own first token, wherever padding puts it
+    assert all(float(r.values[0].abs().max()) == 0.0 and float(r.values[1:].abs().max()) > 0 for r in batch)
 
 
 @pytest.mark.slow
@@ -233,9 +235,9 @@ def test_completeness_on_the_demo_model_at_default_steps(demo, baseline):
 
 
 def test_sixteen_bit_models_sum_their_steps_in_float32():
-    ref = attrib.integrated_gradients(lm("llama"), IDS, target=[7, 12], n_steps=50, per_token=True)
+    ref = attrib.integrated_gradients(lm("llama"), IDS, target=[7, 12], baseline="zeros", n_steps=50, per_token=True)
     half = attrib.LanguageModel(tiny_hf("llama", dtype=torch.bfloat16), None)
-    got = attrib.integrated_gradients(half, IDS, target=[7, 12], n_steps=50, per_token=True)
+    got = attrib.integrated_gradients(half, IDS, target=[7, 12], baseline="zeros", n_steps=50, per_token=True)
     assert got.values.dtype == torch.float32
     # each bf16 gradient is rounded once (2^-8 relative), not the running sum of 50 steps
     err = (got.values.double() - ref.values).abs().max() / ref.values.abs().max()
@@ -244,7 +246,7 @@ def test_sixteen_bit_models_sum_their_steps_in_float32():
 
 def test_per_token_falls_back_to_one_backward_per_token_without_batching_rules(monkeypatch):
     model = lm("gpt2")
-    expected = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], n_steps=6, per_token=True)
+    expected = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], baseline="zeros", n_steps=6, per_token=True)
     grad = torch.autograd.grad
     batched = []
 
@@ -255,7 +257,7 @@ def test_per_token_falls_back_to_one_backward_per_token_without_batching_rules(m
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", no_batching_rule)
-    got = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], n_steps=6, per_token=True)
+    got = attrib.integrated_gradients(model, IDS, target=[7, 12, 30], baseline="zeros", n_steps=6, per_token=True)
     assert batched                                   # the vmapped backward was tried, then the loop ran
     torch.testing.assert_close(got.values, expected.values, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got.delta, expected.delta, rtol=1e-9, atol=1e-12)
@@ -263,19 +265,19 @@ def test_per_token_falls_back_to_one_backward_per_token_without_batching_rules(m
 
 def test_layer_ig_of_a_continuation_keeps_its_positions_and_adds_up():
     model = lm("gpt2")
-    a = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], layer="transformer.h.0", n_steps=50)
+    a = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], layer="transformer.h.0", baseline="zeros", n_steps=50)
     assert a.values.shape[0] == len(a.tokens) == len(IDS) + 2          # prompt + the two teacher-forced tokens
     change = a.info["f_x"] - a.info["f_baseline"]
     assert abs(float(a.scores.sum()) - change) <= 1e-3 * abs(change) + 1e-9
     assert abs(float(a.delta)) <= 1e-3 * abs(change) + 1e-9
-    emb = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], n_steps=50)
+    emb = attrib.integrated_gradients(model, IDS, target=[7, 11, 2], baseline="zeros", n_steps=50)
     assert len(emb.tokens) == len(IDS)                                  # embeddings: only the prompt moves
 
 
 def test_rule_and_captums_name_for_it():
     model = lm("gpt2")
-    a = attrib.integrated_gradients(model, IDS, target=7, n_steps=3, rule="riemann_right")
-    b = attrib.integrated_gradients(model, IDS, target=7, n_steps=3, method="riemann_right")
+    a = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=3, rule="riemann_right")
+    b = attrib.integrated_gradients(model, IDS, target=7, baseline="zeros", n_steps=3, method="riemann_right")
     assert torch.equal(a.values, b.values) and a.info["rule"] == "riemann_right" and a.method == "integrated_gradients"
     with pytest.raises(attrib.MethodError, match="disagree"):
         attrib.integrated_gradients(model, IDS, target=7, rule="riemann_left", method="riemann_right")

@@ -19,6 +19,7 @@ _one_thread = badcases.one_thread
 
 def ig(model_name: str = "gpt2", inputs=None, **kwargs):
     kwargs.setdefault("n_steps", 2)
+    kwargs.setdefault("baseline", "zeros")
     if "target" not in kwargs and "metric" not in kwargs:
         kwargs["target"] = 3 if model_name in ("gpt2", "llama", "bare") else 0
     return lambda m: attrib.integrated_gradients(getattr(m, model_name), _inputs(m, model_name, inputs), **kwargs)
@@ -126,7 +127,10 @@ CASES: list[Case] = [
           lambda m: attrib.saliency(m.mlp.module, m.x, target=0)),
     # n_steps, rule / method
     *[error(f"n_steps={k!r}", MethodError, rf"n_steps must be a positive integer or 'auto', got {v(k)}", ig(n_steps=k))
-      for k in (0, -5, 2.5, "10", True, None)],
+      for k in (0, -5, 2.5, "10", True)],
+    error("n_steps='auto' with a rule", MethodError, r"n_steps='auto' chooses its own nodes \(adaptive Gauss–Kronrod\), "
+          r"so rule='riemann_left' does not apply; drop it, or pass a number of steps such as n_steps=50",
+          ig(n_steps="auto", rule="riemann_left")),
     error("unknown rule", MethodError, r"rule='riemann' is not one of riemann_left, .*gausslegendre",
           ig(rule="riemann")),
     error("unknown method", MethodError, r"method='foo' is not one of riemann_left, .*gausslegendre",
@@ -173,13 +177,13 @@ CASES: list[Case] = [
     *[error(f"per_token={k!r}", MethodError, rf"per_token must be True or False, got {v(k)}", ig(per_token=k))
       for k in ("no", 1, None)],
     # baselines
-    error("unknown baseline name", MethodError, r"baseline='random' is not 'zeros', 'pad', a token id or a tensor",
+    error("unknown baseline name", MethodError, r"baseline='random' is not 'auto', 'zeros', 'pad', a token id or a tensor",
           ig(baseline="random")),
     *[error(f"baseline token id {b}", MethodError, rf"baseline token id {b} is outside the vocabulary of size 50",
             ig(baseline=b)) for b in (99, -1)],
     error("llama baseline token id 50", MethodError, r"baseline token id 50 is outside the vocabulary of size 50",
           ig("llama", baseline=50)),
-    *[error(f"baseline={b!r}", MethodError, rf"baseline={v(b)} is not 'zeros', 'pad', a token id or a tensor",
+    *[error(f"baseline={b!r}", MethodError, rf"baseline={v(b)} is not 'auto', 'zeros', 'pad', a token id or a tensor",
             ig(baseline=b)) for b in (True, 1.5, None, [0] * 6)],
     *[error(f"baseline of shape {shape}", MethodError, rf"baseline has shape {v(shape)}; expected the prompt "
             r"embeddings' shape \(1, 6, 32\) \(or \(6, 32\)\)", ig(baseline=torch.zeros(shape, dtype=torch.float64)))
@@ -259,7 +263,7 @@ CASES: list[Case] = [
           ig("cnn", target="cat")),
     error("plain baseline of another shape", MethodError, r"baseline has shape \(3,\); expected the inputs' shape "
           r"\(2, 4\)", ig("mlp", baseline=torch.zeros(3, dtype=torch.float64))),
-    error("plain baseline 'pad'", MethodError, r"baseline='pad' is not 'zeros', a number or a tensor",
+    error("plain baseline 'pad'", MethodError, r"baseline='pad' is not 'auto', 'zeros', a number or a tensor",
           ig("mlp", baseline="pad")),
     error("plain target and metric", TargetError, r"pass target=\.\.\. or metric=\.\.\., not both",
           ig("mlp", target=0, metric=lambda out: out[:, 0])),
@@ -324,6 +328,8 @@ CASES: list[Case] = [
     correct("one-element list target", ig(target=[3]), check_ig("gpt2", logit(3))),
     correct("tuple target", ig(target=(3,)), check_ig("gpt2", logit(3))),
     correct("1-D token ids", ig(inputs=IDS[0], n_steps=3), check_ig("gpt2", logit(3), n_steps=3)),
+    correct("a rule named without n_steps: Captum's 50 steps", ig(n_steps=None, method="gausslegendre"),
+            check_ig("gpt2", logit(3), n_steps=50)),
     correct("baseline token id 0", ig(baseline=0), check_ig("gpt2", logit(3), baseline_id=0)),
     correct("llama (1, 1) tensor target", ig("llama", target=torch.tensor([[7]])), check_ig("llama", logit(7))),
     correct("right-padded encoding", sal(inputs=right_padded),

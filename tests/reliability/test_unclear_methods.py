@@ -96,7 +96,7 @@ def test_1_a_patching_result_refuses_positions_outside_its_tokens():
 
 # -- 2 ----------------------------------------------------------------------------------------------------
 METHODS = {
-    "integrated_gradients": lambda m: attrib.integrated_gradients(m, IDS, target=3, n_steps=4),
+    "integrated_gradients": lambda m: attrib.integrated_gradients(m, IDS, target=3, baseline="zeros", n_steps=4),
     "saliency": lambda m: attrib.saliency(m, IDS, target=3),
     "smoothgrad": lambda m: attrib.saliency(m, IDS, target=3, smooth=3, seed=0),
     "attribution_patching": lambda m: attrib.attribution_patching(m, IDS, CORRUPT, target=3),
@@ -151,7 +151,7 @@ def test_3_non_finite_inputs_and_baselines_are_named_before_the_quadrature(lm, l
         hf.transformer.wte.weight[14, 0] = float("nan")      # the model's embedding of token 14
     check = leakcheck(hf)
     before = logits_of(lm, CORRUPT[:, :1])
-    for call in (lambda: attrib.integrated_gradients(lm, IDS, target=3, n_steps=4),
+    for call in (lambda: attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=4),
                  lambda: attrib.saliency(lm, IDS, target=3),
                  lambda: attrib.attribution_patching(lm, IDS, CORRUPT, target=3)):
         with pytest.raises(attrib.InputError, match=r"the input embeddings contain NaN at positions \[1\] \(tokens "
@@ -178,13 +178,13 @@ def test_3_quadrature_advice_only_for_finite_inputs_and_never_the_rule_in_use(le
     score = lambda out: (out - 0.5).abs().sqrt().sum(-1)        # noqa: E731
     x = torch.ones(1, 1, dtype=torch.float64)
     with pytest.raises(attrib.NonFiniteAttributionError) as info:
-        attrib.integrated_gradients(net, x, target=score, n_steps=3)
+        attrib.integrated_gradients(net, x, target=score, baseline="zeros", n_steps=3)
     message = str(info.value)
     assert "with finite inputs (baseline='zeros', rule='gausslegendre')" in message
     assert "rule='gausslegendre' (never" not in message and "another n_steps" in message
     with pytest.raises(attrib.NonFiniteAttributionError, match=r"rule='riemann_middle'\); use rule='gausslegendre'"):
-        attrib.integrated_gradients(net, x, target=score, n_steps=1, rule="riemann_middle")   # its node: 0.5
-    assert torch.isfinite(attrib.integrated_gradients(net, x, target=score, n_steps=4).values).all()
+        attrib.integrated_gradients(net, x, target=score, baseline="zeros", n_steps=1, rule="riemann_middle")   # its node: 0.5
+    assert torch.isfinite(attrib.integrated_gradients(net, x, target=score, baseline="zeros", n_steps=4).values).all()
 
     lm = attrib.LanguageModel(tiny_hf("gpt2"))
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_3_quadrature_advice_only_for_finite_inputs_and_never_the_rule_in_use(le
     check = leakcheck(lm.module)
     with pytest.raises(attrib.NonFiniteAttributionError, match=r"because the target score on the inputs has 1 NaN of 1 "
                                                                r"values.*check its weights"):
-        attrib.integrated_gradients(lm, IDS, target=3, n_steps=2)
+        attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=2)
     check.assert_clean()
 
 
@@ -203,10 +203,10 @@ def test_4_n_steps_has_an_upper_bound(lm, leakcheck, rule):
     before = logits_of(lm)
     with pytest.raises(attrib.MethodError, match=rf"n_steps=1000000 is more than the {MAX_STEPS} interpolation points"
                                                  rf".*pass n_steps <= {MAX_STEPS}"):
-        attrib.integrated_gradients(lm, IDS, target=3, n_steps=10**6, rule=rule)
+        attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=10**6, rule=rule)
     for bad in (0, 2.5, "50", True):
         with pytest.raises(attrib.MethodError, match=r"n_steps must be a positive integer or 'auto', got"):
-            attrib.integrated_gradients(lm, IDS, target=3, n_steps=bad, rule=rule)
+            attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=bad, rule=rule)
     check.assert_clean()
     torch.testing.assert_close(logits_of(lm), before, rtol=0, atol=0)
     alphas, weights = quadrature(rule, MAX_STEPS)                 # the largest allowed is quick to set up
@@ -215,15 +215,15 @@ def test_4_n_steps_has_an_upper_bound(lm, leakcheck, rule):
     a, b = quadrature("gausslegendre", 1500)
     np.testing.assert_allclose(a, 0.5 * (nodes + 1), rtol=0, atol=1e-14)
     np.testing.assert_allclose(b, 0.5 * w, rtol=0, atol=1e-13)
-    same = attrib.integrated_gradients(lm, IDS, target=3, n_steps=np.int64(4), rule=rule)    # numpy ints are ints
-    torch.testing.assert_close(same.values, attrib.integrated_gradients(lm, IDS, target=3, n_steps=4, rule=rule).values)
+    same = attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=np.int64(4), rule=rule)    # numpy ints are ints
+    torch.testing.assert_close(same.values, attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=4, rule=rule).values)
 
 
 @pytest.mark.parametrize("bad", ["a", True, 0, 2.0])
 def test_4_batch_size_and_positions_are_checked_in_every_method(lm, leakcheck, bad):
     check = leakcheck(lm.module)
     calls = {
-        "integrated_gradients": lambda **k: attrib.integrated_gradients(lm, IDS, target=3, n_steps=2, **k),
+        "integrated_gradients": lambda **k: attrib.integrated_gradients(lm, IDS, target=3, baseline="zeros", n_steps=2, **k),
         "saliency": lambda **k: attrib.saliency(lm, IDS, target=3, **k),
         "attribution_patching": lambda **k: attrib.attribution_patching(lm, IDS, CORRUPT, **k),
         "activation_patching": lambda **k: attrib.activation_patching(lm, IDS, CORRUPT, **k),
@@ -244,7 +244,7 @@ def test_4_batch_size_and_positions_are_checked_in_every_method(lm, leakcheck, b
 def test_4_layer_ig_baselines_are_checked_against_the_inputs(lm, leakcheck):
     check = leakcheck(lm.module)
     before = logits_of(lm)
-    with pytest.raises(attrib.MethodError, match=r"baseline='foo' is not 'zeros', 'pad', a token id or a tensor .*"
+    with pytest.raises(attrib.MethodError, match=r"baseline='foo' is not 'auto', 'zeros', 'pad', a token id or a tensor .*"
                                                  r"with layer='resid_post\.0' the baseline is still given at the "
                                                  r"inputs"):
         attrib.integrated_gradients(lm, IDS, target=3, n_steps=2, layer="resid_post.0", baseline="foo")
@@ -300,13 +300,13 @@ def test_5_prompts_past_learned_positions_are_refused_rotary_ones_run(leakcheck)
     with pytest.raises(attrib.InputError, match=r"the longest of the 2 prompts takes 40 tokens"):
         with model.trace(["w1 w2", long_text]):
             pass
-    for call in (lambda: attrib.integrated_gradients(model, long_text, target=3, n_steps=2),
+    for call in (lambda: attrib.integrated_gradients(model, long_text, target=3, baseline="zeros", n_steps=2),
                  lambda: attrib.saliency(model, long_ids, target=3),
                  lambda: attrib.attribution_patching(model, long_ids, long_ids, target=3)):
         with pytest.raises(attrib.InputError, match=r"the prompt takes 40 tokens, more than the model's context of 32"):
             call()
     with pytest.raises(attrib.InputError, match=r"the prompt and target take 33 tokens"):   # a 2-token target
-        attrib.integrated_gradients(model, long_ids[:, :32], target="w3 w4", n_steps=2)
+        attrib.integrated_gradients(model, long_ids[:, :32], target="w3 w4", baseline="zeros", n_steps=2)
     check.assert_clean()
     torch.testing.assert_close(logits_of(model), before, rtol=0, atol=0)
     with model.trace(long_ids[:, :32]):                                     # exactly the context: runs
@@ -317,7 +317,7 @@ def test_5_prompts_past_learned_positions_are_refused_rotary_ones_run(leakcheck)
     with llama.trace(long_text):
         longer = llama.output.logits.save()
     torch.testing.assert_close(longer, llama.module(long_ids).logits.detach())
-    assert attrib.integrated_gradients(llama, long_text, target=3, n_steps=2).values.shape == (40, 32)
+    assert attrib.integrated_gradients(llama, long_text, target=3, baseline="zeros", n_steps=2).values.shape == (40, 32)
 
 
 # -- 6 ----------------------------------------------------------------------------------------------------
@@ -332,9 +332,9 @@ def test_6_metric_shape_message_reports_the_callers_numbers(lm, leakcheck):
                                                  r"shape \(batch,\), but for logits of shape \(6, 6, 50\) \(your 1 "
                                                  r"input copied into 6 rows, one per interpolation step.*returned "
                                                  r"shape \(6, 2\)"):
-        attrib.integrated_gradients(lm, IDS, metric=two_columns, n_steps=4)
+        attrib.integrated_gradients(lm, IDS, metric=two_columns, baseline="zeros", n_steps=4)
     with pytest.raises(attrib.TargetError, match=r"\(your 2 inputs copied into 12 rows.*returned shape \(\)"):
-        attrib.integrated_gradients(lm, torch.cat([IDS, CORRUPT]), metric=lambda lg: lg.sum(), n_steps=4)
+        attrib.integrated_gradients(lm, torch.cat([IDS, CORRUPT]), metric=lambda lg: lg.sum(), baseline="zeros", n_steps=4)
     with pytest.raises(attrib.TargetError, match=r"logits of shape \(1, 6, 50\) \(your 1 input, one row each\) it "
                                                  r"returned shape \(1, 2\)"):
         attrib.saliency(lm, IDS, metric=two_columns)
