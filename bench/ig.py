@@ -38,12 +38,12 @@ Cases (random weights unless said otherwise; nothing is downloaded):
 - ``adaptive-smollm2`` / ``adaptive-demo`` (``bench/ig_adaptive.py``, issue 13): IG of one target logit on a
   batch of ``--prompts`` prompts in one call, attrib against itself: ``zeros GL50`` (``baseline="zeros",
   n_steps=50``, the former default), ``auto GL50`` (``n_steps=50``), ``auto GL200`` (``n_steps=200``) and
-  ``auto adaptive`` (the defaults: ``n_steps="auto"``, baseline ``"auto"``). Columns: ms per prompt, evaluations
-  per prompt, the completeness error |delta| / |f(x) − f(b)| (median, max), prompts within 1%, prompts not
-  converged. ``adaptive-smollm2``: random weights, SmolLM2-135M shape, ``--tokens`` random ids per prompt;
-  ``adaptive-demo``: the demo model's real weights (float32, CPU only, skipped unless cached) on
-  ``repro/facts.py``. Defaults: 8 prompts on CUDA; 4 prompts (of 8 tokens for the random model) and 128 rows
-  per pass (``--batch-size``) on CPU.
+  ``auto adaptive`` (``n_steps="auto"``, baseline ``"auto"``: the defaults in float32/64). Columns: ms per
+  prompt, evaluations per prompt, the completeness error |delta| / |f(x) − f(b)| (median, max), prompts
+  within 1%, prompts not converged. ``adaptive-smollm2``: random weights, SmolLM2-135M shape, ``--tokens``
+  random ids per prompt; ``adaptive-demo``: the demo model's real weights (float32, CPU only, skipped unless
+  cached) on ``repro/facts.py``. Defaults: 8 prompts on CUDA; 4 prompts (of 8 tokens for the random model)
+  and 128 rows per pass (``--batch-size``) on CPU.
 
 Timing as in ``bench/core_overhead.py``: contestants interleaved in a shuffled order, each timed call after
 an untimed call of the same contestant, median of ``--reps`` after ``--warmup`` rounds,

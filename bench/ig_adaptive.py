@@ -8,8 +8,9 @@ prompt refines its own steps), four contestants:
 - ``auto GL50``      ``n_steps=50`` (baseline ``"auto"``: the pad embedding at every prompt position but the
                      first, which keeps its own embedding)
 - ``auto GL200``     ``n_steps=200``
-- ``auto adaptive``  the defaults: ``n_steps="auto"`` (Gauss-Kronrod, ``tol=0.01``, ``max_evaluations=1000``),
-                     baseline ``"auto"``
+- ``auto adaptive``  ``n_steps="auto"`` (Gauss-Kronrod, ``tol`` and ``max_evaluations`` at their defaults:
+                     0.01 and 1,000), baseline ``"auto"``: the defaults on a float32/64 model. Passed
+                     explicitly, since on a 16-bit model ``n_steps=None`` means 50 fixed steps.
 
 Cases:
 
@@ -57,7 +58,7 @@ CONTESTANTS: dict[str, dict[str, Any]] = {
     "zeros GL50": dict(baseline="zeros", n_steps=50),
     "auto GL50": dict(n_steps=50),
     "auto GL200": dict(n_steps=200),
-    "auto adaptive": dict(),
+    "auto adaptive": dict(n_steps="auto"),
 }
 TARGET = 42
 TOL = 0.01
