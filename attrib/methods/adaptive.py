@@ -14,8 +14,8 @@ An item is done when the summed error estimate and its completeness error |Σ at
 are both within ``tol`` × |f(x) − f(b)|. The first round integrates ``first_split`` equal intervals; until
 an item is done each round bisects its intervals of largest error, the fewest whose removal leaves a summed
 estimate within ``margin`` × the tolerance (at least one, within the item's remaining budget of evaluations),
-and the new nodes of all items go to ``evaluate`` together: one batched round. Gauss–Kronrod nodes never touch the end points, where a zero
-baseline's gradient is not defined (Kronrod 1965; Piessens et al., QUADPACK, 1983).
+and the new nodes of all items go to ``evaluate`` together: one batched round. Gauss–Kronrod nodes never
+touch the end points, where a zero baseline's gradient is not defined (Kronrod 1965; Piessens et al., QUADPACK, 1983).
 """
 
 from __future__ import annotations

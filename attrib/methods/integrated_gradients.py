@@ -126,19 +126,18 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
                               f"position of the {prep.n_prompt}-token prompt (the head computes only the last "
                               "positions); attribute to a site before it, e.g. 'resid_post.-1'.")
     n_out = prep.n_out if per_token else 1
-    per_item: list[dict[str, Any]] = [{} for _ in range(prep.n_items)]
+    per_item: list[dict[str, Any]]
     if auto:
         attr, f_x, f_b, per_item = integrate_auto(prep, where, x, b, n_out, batch_size, tol, max_evaluations,
                                                   _point, _accumulation_dtype(x))
         rule = "gausskronrod"
     else:
         attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
+        per_item = [{"evaluations": len(alphas) + 2} for _ in range(prep.n_items)]
     _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
     info = {"rule": rule, "n_steps": AUTO if auto else len(alphas),
             "layer": "embeddings" if layer is None else where.name, "baseline": _baseline_info(baseline)}
-    if not auto:
-        per_item = [{"evaluations": len(alphas) + 2} for _ in range(prep.n_items)]
     for i, extra in enumerate(per_item):        # |delta| relative to |f(x) − f(b)|, the worst output
         gap = (f_x[i] - f_b[i]).double().abs().cpu()
         extra["completeness"] = float((delta[i].double().abs().cpu() / gap.clamp(min=1e-300)).max())
