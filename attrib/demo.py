@@ -5,8 +5,8 @@ the target (" Paris" for "The capital of France is") to the prompt's tokens with
 its defaults (baseline "auto", adaptive steps), prints the top tokens and the completeness delta, and writes the token heatmap as a PNG. Then it runs the
 seed page's gradient example: every decoder layer's output is read in a trace, ``with score.backward():``
 reads their gradients in reverse order, and the gradient norm per layer and position is printed and
-written as a second heatmap. Last, attribution patching on an indirect-object-identification (IOI) pair
-prints the heads that matter most and writes their layer × head heatmap.
+written as a second heatmap. Last, attribution patching on eight indirect-object-identification (IOI) pairs in
+one batch prints the heads that matter most and writes their layer × head heatmap.
 """
 
 from __future__ import annotations
@@ -84,16 +84,43 @@ def main(argv: list[str] | None = None) -> int:
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+_IOI_TEMPLATES = (("When {} and {} went to the store, {} gave a drink to", "Mary", "John"),
+                  ("When {} and {} went to the park, {} gave the ball to", "Tom", "James"),
+                  ("After {} and {} went to the shops, {} handed a book to", "Anna", "Paul"),
+                  ("While {} and {} were at the office, {} sent a letter to", "Kate", "Mark"))
+
+
+def ioi_pairs() -> tuple[list[str], list[str], list[str], list[str]]:
+    """Eight IOI pairs of 14 tokens each on the demo model's tokenizer (Wang et al. 2022's task, as in the
+    TransformerLens and NNsight tutorials): (clean prompts, corrupted prompts, answers, other names). In each
+    clean prompt the subject is repeated and the answer is the other name (the indirect object); its corrupted
+    prompt repeats the indirect object instead. Pair 0 is (IOI_CLEAN, IOI_CORRUPTED).
+
+    >>> clean, corrupted, answers, others = ioi_pairs()
+    >>> clean[1], answers[1], others[1]
+    ('When Mary and John went to the store, Mary gave a drink to', ' John', ' Mary')
+    """
+    clean, corrupted, answers, others = [], [], [], []
+    for text, a, b in _IOI_TEMPLATES:
+        for subject, answer in ((b, a), (a, b)):
+            clean.append(text.format(a, b, subject))
+            corrupted.append(text.format(a, b, answer))
+            answers.append(f" {answer}")
+            others.append(f" {subject}")
+    return clean, corrupted, answers, others
 
 
 def ioi_heads(model: attrib.LanguageModel, out: Path, dpi: int) -> None:
-    """Attribution patching of every head's output on the IOI pair; prints the top heads, writes a heatmap."""
+    """Attribution patching of every head's output on eight IOI pairs in one batch; prints the top heads of
+    the mean, writes a heatmap."""
+    clean, corrupted, answers, others = ioi_pairs()
     start = time.perf_counter()
-    result = attrib.attribution_patching(model, IOI_CLEAN, IOI_CORRUPTED, target=" Mary", contrast=" John",
+    result = attrib.attribution_patching(model, clean, corrupted, target=answers, contrast=others,
                                          components=("heads",))
-    print(f"attribution patching, IOI: logit(' Mary') - logit(' John') is {result.metric_clean:+.2f} on "
-          f"{IOI_CLEAN!r}\nand {result.metric_corrupted:+.2f} with ' Mary' as the repeated name "
-          f"({time.perf_counter() - start:.2f} s); the heads whose clean output changes it most when patched in:")
+    print(f"attribution patching, IOI, {result.n_pairs} pairs in one batch, e.g. {clean[0]!r} with the repeated name "
+          f"swapped:\nlogit(answer) - logit(other name) is {result.metric_clean:+.2f} on the clean prompts and "
+          f"{result.metric_corrupted:+.2f} on the corrupted ones (mean; {time.perf_counter() - start:.2f} s); the "
+          "heads whose clean output changes it most when patched in:")
     for _, (layer, head, position), value in result.top(5):
         print(f"  layer {layer:>2} head {head} at {result.tokens[position]!r:>8} (position {position:>2}) {value:+.3f}")
     fig = result.plot("heads", position=-1)

@@ -17,6 +17,12 @@ Run from the repo root (attrib need not be installed)::
     python bench/patching.py --device cuda                     # + random-weight SmolLM2-135M shape in bf16
 
 Goal: attribution >= 100x faster than activation patching on the demo model.
+
+``--cases pairs`` (issue 14) times eight IOI pairs (``attrib.demo.ioi_pairs``; on CUDA random weights in
+SmolLM2-135M's shape, float32, and eight random pairs) two ways, each method: a loop of eight single-pair
+calls, and one call on the lists. Attribution patching scores every component at every position, activation
+patching every head at the last position. ``max |diff|`` compares the batch's per-pair scores with the loop's.
+Goal: the batch >= 5x faster than the loop, equal results.
 """
 
 from __future__ import annotations
@@ -88,6 +94,55 @@ def run_case(name: str, build: Callable[[], tuple], device: torch.device, reps: 
             "pearson": torch.corrcoef(torch.stack([x, y]))[0, 1].item()}
 
 
+def ioi_case(device: torch.device) -> tuple[attrib.Model, list, list, list, list]:
+    from attrib.demo import ioi_pairs
+
+    return (attrib.load_demo_model(device=str(device)), *ioi_pairs())
+
+
+def random_pairs(device: torch.device, n_tokens: int, n_pairs: int = 8) -> tuple[attrib.Model, list, list, list, list]:
+    """Random weights in SmolLM2-135M's shape, float32; ``n_pairs`` pairs of random ids, two positions swapped."""
+    model, _, _, _ = random_smollm2(device, n_tokens)
+    model.module.float()
+    vocab = model.module.config.vocab_size
+    clean = torch.randint(1, vocab, (n_pairs, n_tokens), device=device)
+    corrupted = clean.clone()
+    corrupted[:, [1, n_tokens - 5]] = corrupted[:, [n_tokens - 5, 1]]
+    return model, clean, corrupted, [[11 + i] for i in range(n_pairs)], [[12 + i] for i in range(n_pairs)]
+
+
+def pairs_rows(name: str, build: Callable[[], tuple], device: torch.device, reps: int) -> list[dict]:
+    model, clean, corrupted, answers, others = build()
+    rows = []
+    for method, fn, kw in (("attribution", attribution_patching, {}),
+                           ("activation", activation_patching, dict(components="heads", positions=-1))):
+        def loop() -> list:
+            return [fn(model, clean[i:i + 1] if isinstance(clean, torch.Tensor) else clean[i],
+                       corrupted[i:i + 1] if isinstance(corrupted, torch.Tensor) else corrupted[i],
+                       target=answers[i][0] if isinstance(answers[i], list) else answers[i],
+                       contrast=others[i][0] if isinstance(others[i], list) else others[i], **kw)
+                    for i in range(len(answers))]
+
+        def batch() -> Any:
+            return fn(model, clean, corrupted, target=answers, contrast=others, **kw)
+
+        n = reps if method == "attribution" or device.type == "cuda" else 1
+        timings: dict[str, list[float]] = {"loop": [], "batch": []}
+        outs: dict[str, Any] = {"loop": loop(), "batch": batch()}          # warm calls
+        for _ in range(n):
+            for way, call in (("loop", loop), ("batch", batch)):
+                ms, outs[way] = timed(call, device)
+                timings[way].append(ms)
+        diff = max(float((outs["batch"].per_pair[c][i] - single.scores[c]).abs().nan_to_num().max())
+                   for i, single in enumerate(outs["loop"]) for c in single.scores)
+        scale = max(float(single.scores[c].abs().max()) for single in outs["loop"] for c in single.scores)
+        loop_ms, batch_ms = statistics.median(timings["loop"]), statistics.median(timings["batch"])
+        rows.append({"case": name, "method": method, "what": "every component × position" if not kw else
+                     "every head, last position", "pairs": len(answers), "dtype": str(model.dtype).replace("torch.", ""),
+                     "loop": loop_ms, "batch": batch_ms, "diff": diff, "scale": scale, "reps": n})
+    return rows
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -105,7 +160,7 @@ def device_name(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--cases", default=None, help="comma-separated: demo, smollm2-random "
+    parser.add_argument("--cases", default=None, help="comma-separated: demo, smollm2-random, pairs, pairs-random "
                         "(default: demo on CPU; demo (when its weights are installed) and smollm2-random on CUDA)")
     parser.add_argument("--reps", type=int, default=5, help="timed attribution-patching calls (median)")
     parser.add_argument("--tokens", type=int, default=14, help="prompt length of the random-weight case")
@@ -113,9 +168,13 @@ def main() -> None:
     device = torch.device(args.device)
     cases = args.cases.split(",") if args.cases else (["demo"] if device.type == "cpu" else ["demo", "smollm2-random"])
     builders = {"demo": lambda: demo_case(device), "smollm2-random": lambda: random_smollm2(device, args.tokens)}
-    rows = []
+    pair_builders = {"pairs": lambda: ioi_case(device), "pairs-random": lambda: random_pairs(device, args.tokens)}
+    rows, pair_rows = [], []
     for name in cases:
         try:
+            if name in pair_builders:
+                pair_rows.extend(pairs_rows(name, pair_builders[name], device, args.reps))
+                continue
             rows.append(run_case(name, builders[name], device, args.reps))
         except Exception as err:  # noqa: BLE001 - e.g. the demo weights not installed on a GPU host
             if args.cases:
@@ -123,12 +182,21 @@ def main() -> None:
             print(f"skipped {name}: {type(err).__name__}: {err}", file=sys.stderr)
     print(f"### {device_name(device)} — {datetime.date.today().isoformat()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, Python {platform.python_version()}\n")
-    print("| case | dtype | head × position patches | attribution ms | activation ms | ratio | "
-          "activation rows/forward × forwards | pearson |")
-    print("|---|---|---|---|---|---|---|---|")
+    if rows:
+        print("| case | dtype | head × position patches | attribution ms | activation ms | ratio | "
+              "activation rows/forward × forwards | pearson |")
+        print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['dtype']} | {r['patches']} | {r['attr']:.1f} | {r['act']:.1f} | "
               f"**{r['act'] / r['attr']:.0f}×** | {r['rows']} × {r['forwards']} | {r['pearson']:.3f} |")
+    if pair_rows:
+        print("\n| case | method | patches | pairs | dtype | loop of single pairs ms | one batch ms | speed-up | "
+              "max |diff| (largest |score|) | timed calls |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in pair_rows:
+        print(f"| {r['case']} | {r['method']} | {r['what']} | {r['pairs']} | {r['dtype']} | {r['loop']:.1f} | "
+              f"{r['batch']:.1f} | **{r['loop'] / r['batch']:.1f}×** | {r['diff']:.1e} ({r['scale']:.2f}) | "
+              f"{r['reps']} |")
 
 
 if __name__ == "__main__":

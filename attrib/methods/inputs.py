@@ -24,6 +24,7 @@ list of results (also a list of one string gives a list of one).
 
 from __future__ import annotations
 
+import inspect
 import operator
 import warnings
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class Inputs:
         metric = self.targets[0].metric
         if metric is not None:
             logits = output.logits if hasattr(output, "logits") else first_tensor(output)
-            value = metric(logits)
+            value = metric(logits, items) if takes_items(metric) else metric(logits)
             rows = items.shape[0]
             if not isinstance(value, torch.Tensor) or value.shape != (rows,):
                 got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
@@ -98,6 +99,17 @@ class Inputs:
         if rows == self.n_items:
             return f"{yours}, one row each"
         return f"{yours} copied into {rows} rows, one per interpolation step, noisy sample or patch"
+
+
+def takes_items(metric: Callable) -> bool:
+    """Whether ``metric`` has a second parameter without default (``metric(logits, items)``): it then gets the
+    input item (the prompt, or the pair) of each row, as a (rows,) tensor of indices."""
+    try:
+        params = list(inspect.signature(metric).parameters.values())
+    except (TypeError, ValueError):         # builtins without a signature
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
 
 
 def _name(fn: Any) -> str:
@@ -188,19 +200,21 @@ def _has_dropout(module: torch.nn.Module) -> bool:
 
 
 def prepare(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
-            metric: Callable | None = None, batch_size: int | None = None, name: str = "inputs") -> Inputs:
+            metric: Callable | None = None, batch_size: int | None = None, name: str = "inputs",
+            check_count: Callable[[int, bool], None] | None = None) -> Inputs:
     """Resolve inputs and targets once, for any method (see the module docstring). ``batch_size``: rows per
     forward of the prediction pass that ``target=None`` needs (``None``: all, halved on out-of-memory);
-    ``name``: the argument that ``inputs`` came in, for messages."""
+    ``name``: the argument that ``inputs`` came in, for messages; ``check_count(items, single)``: called as soon
+    as the number of items is known, before targets are resolved (e.g. to refuse a count that does not match)."""
     if isinstance(model, Model) and model.module.training and _has_dropout(model.module):
         warnings.warn(
             f"the model ({type(model.module).__name__}) is in train mode, so dropout makes every forward random "
             "and two identical calls give different attributions; call model.module.eval() first.",
             TrainModeWarning, stacklevel=3)
     if isinstance(model, LanguageModel):
-        return _language(model, inputs, target, contrast, score, metric, batch_size, name)
+        return _language(model, inputs, target, contrast, score, metric, batch_size, name, check_count)
     if isinstance(model, Model):
-        return _plain(model, inputs, target, contrast, score, metric, batch_size)
+        return _plain(model, inputs, target, contrast, score, metric, batch_size, check_count)
     raise MethodError(f"model must be an attrib.Model or attrib.LanguageModel, got {type(model).__name__}; wrap "
                       "it with attrib.Model(module) or attrib.LanguageModel(hf_model, tokenizer).")
 
@@ -292,8 +306,11 @@ def _predicted(model: Model, call: Callable[[torch.Tensor], tuple[tuple, dict]],
 
 
 def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: str,
-              metric: Callable | None, batch_size: int | None, name: str) -> Inputs:
+              metric: Callable | None, batch_size: int | None, name: str,
+              check_count: Callable[[int, bool], None] | None) -> Inputs:
     enc, single = _encode(model, inputs, name)
+    if check_count is not None:
+        check_count(enc["input_ids"].shape[0], single)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     n_items, n_prompt = ids.shape
@@ -348,7 +365,7 @@ def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, sco
 
 # -- plain models -------------------------------------------------------------------------------------
 def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, metric: Callable | None,
-           batch_size: int | None) -> Inputs:
+           batch_size: int | None, check_count: Callable[[int, bool], None] | None) -> Inputs:
     if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
         raise InputError(f"a text prompt ({inputs!r:.60}) was given to attrib.Model({type(model.module).__name__}), "
                          "which has no tokenizer; wrap the model with attrib.LanguageModel(hf_model, tokenizer) or "
@@ -362,6 +379,8 @@ def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, me
                          f".to({str(model.device)!r}) first.")
     x = inputs.detach()
     n = x.shape[0]
+    if check_count is not None:
+        check_count(n, n == 1)
     # the classes each row predicts (for target=None), else how many there are (from one row)
     last = _predicted(model, lambda rows: ((x[rows],), {}), n if target is None and metric is None else 1,
                       batch_size, x)

@@ -28,8 +28,19 @@ True
   hidden dimension (the head dimension for heads), one number per layer × position (× head).
 
 The metric is the target's score (``target``, ``contrast``, ``score`` as in every method; ``target=None``
-is the clean prompt's top next token) or ``metric(logits) -> (batch,)``. Clean and corrupted must tokenize to
-the same number of tokens, so that positions correspond; otherwise a :class:`~attrib.MethodError` says so.
+is the clean prompt's top next token) or ``metric(logits) -> (batch,)``; a metric with a second parameter
+without default, ``metric(logits, pairs)``, also gets each row's pair index (e.g. to read that pair's
+answer tokens). Clean and corrupted must tokenize to the same number of tokens, so that positions
+correspond; otherwise a :class:`~attrib.MethodError` says so.
+
+**Batches of pairs** (the IOI tutorials' form): lists of clean and corrupted prompts are pairs run together,
+clean[i] with corrupted[i] (:mod:`attrib.methods.pairs`: pairs of different lengths are left-padded and
+aligned at their last token). ``scores`` is then the mean over pairs (the patching of the mean metric, as the
+tutorials report it), ``per_pair`` each pair's scores and ``pair(i)`` pair i's result alone.
+
+>>> batch = attribution_patching(model, [[1, 2, 3, 4], [1, 6, 3, 4]], [[1, 5, 3, 4], [1, 5, 3, 4]], target=7)
+>>> tuple(batch.per_pair["resid"].shape), batch.pair(0).scores["resid"].shape == batch.scores["resid"].shape
+((2, 2, 4), True)
 
 Components are sites (:mod:`attrib.models.sites`) of every layer: ``resid`` = ``resid_post``, ``attn`` =
 ``attn_out``, ``mlp`` = ``mlp_out``, ``heads`` = ``z`` (each head's output, the input of the attention's
@@ -39,144 +50,30 @@ output projection), found through the model's layout (:mod:`attrib.models.layout
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..core.model import Model
 from ..core.release import free_after_oom, is_oom, releasing
 from ..errors import MethodError
-from ..models.ids import as_int
-from ..models.sites import Site, layout_for, schedule, site
+from ..models.sites import Site, site
 from ..results import PatchingResult
-from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, prepare
+from .inputs import Inputs, check_batch_size, check_grad_mode
+from .pairs import COMPONENTS, DIRECTIONS, Key, Pairs, prepare_pairs
 
 __all__ = ["attribution_patching", "activation_patching", "COMPONENTS", "DIRECTIONS"]
 
-COMPONENTS = ("resid", "attn", "mlp", "heads")
-SITE_OF = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "z"}
-DIRECTIONS = ("denoise", "noise")
-Key = tuple[str, int]
 
-
-@dataclass
-class _Pair:
-    """Clean and corrupted prompts with one target, the sites of every component and layer."""
-
-    clean: Inputs
-    corrupted: Inputs
-    components: tuple[str, ...]
-    sites: dict[Key, Site]
-    n_layers: int
-    n_heads: int
-    positions: list[int]             # prompt positions (of ``clean.labels[0]``): the result's positions axis
-    direction: str
-
-    @property
-    def model(self) -> Model:
-        return self.clean.model
-
-    @property
-    def at(self) -> list[int]:
-        """The positions' indices in the model's input (after any padding; never the target's continuation)."""
-        keep = self.clean.keep[0].tolist()
-        return [keep[p] for p in self.positions]
-
-    def source_receiving(self) -> tuple[Inputs, Inputs]:
-        return (self.clean, self.corrupted) if self.direction == "denoise" else (self.corrupted, self.clean)
-
-    def ordered(self, keys: Iterable[Key]) -> list[Key]:
-        by_site = {self.sites[k]: k for k in keys}
-        return [by_site[s] for s in schedule(by_site)]
-
-    def metrics(self, m_source: float, m_receiving: float) -> tuple[float, float]:
-        return (m_source, m_receiving) if self.direction == "denoise" else (m_receiving, m_source)
-
-    def result(self, method: str, scores: dict[str, torch.Tensor], m_clean: float, m_corrupted: float,
-               **info: Any) -> PatchingResult:
-        return PatchingResult({c: scores[c] for c in self.components}, list(self.clean.labels[0]), self.positions,
-                              method, self.direction, m_clean, m_corrupted, self.clean.describe(0), dict(info))
-
-
-def _components(components: Iterable[str] | str) -> tuple[str, ...]:
-    names = (components,) if isinstance(components, str) else \
-        tuple(components) if isinstance(components, Iterable) else (None,)
-    if not all(isinstance(c, str) for c in names):
-        raise MethodError(f"components={components!r:.60} is not a component name or a list of them; pass e.g. "
-                          f"components=('resid', 'heads'), or leave it out for all of {', '.join(COMPONENTS)}.")
-    comps = tuple(dict.fromkeys(names))
-    for c in comps or ("",):
-        if c not in COMPONENTS:
-            what = f"unknown component {c!r}" if comps else "components is empty"
-            raise MethodError(f"{what}; choose from {', '.join(map(repr, COMPONENTS))}.")
-    return comps
-
-
-def _positions(positions: int | Iterable[int] | None, n: int) -> list[int]:
-    """Sorted prompt positions (negative ones count from the end); ``None``: all ``n``."""
-    if positions is None:
-        return list(range(n))
-    out = set()
-    single = isinstance(positions, (int, float)) or getattr(positions, "ndim", None) == 0   # 0-d tensors, numpy
-    if not single and not isinstance(positions, Iterable):
-        raise MethodError(f"positions must be an int, a list of ints or None (every position), got {positions!r}.")
-    for given in [positions] if single else positions:
-        p = as_int(given)
-        if p is None:
-            raise MethodError(f"positions must be ints (token positions, negative from the end), got {given!r:.40} in "
-                              f"positions={positions!r:.60}; pass e.g. positions=[1, -1].")
-        if not -n <= p < n:
-            raise MethodError(f"position {p} is outside the prompt of {n} tokens (positions={positions!r:.60}); pass "
-                              f"positions from {-n} to {n - 1} (negative ones count from the end).")
-        out.add(p % n)
-    if not out:
-        raise MethodError("positions is empty; pass None for every position.")
-    return sorted(out)
-
-
-def _pair(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, score: str, metric: Callable | None,
-          components: Iterable[str] | str, direction: str, component_map: Mapping[str, Any] | None,
-          positions: Any) -> _Pair:
-    comps = _components(components)
-    if direction not in DIRECTIONS:
-        raise MethodError(f"direction={direction!r} is not one of 'denoise' (patch clean into corrupted) or "
-                          "'noise' (patch corrupted into clean).")
-    a = prepare(model, clean, target=target, contrast=contrast, score=score, metric=metric, name="clean")
-    if a.n_items != 1:
-        raise MethodError(f"clean must be one prompt, got {a.n_items}; patch pairs one at a time.")
-    t = a.targets[0]
-    b = prepare(model, corrupted, target=None if t.metric is not None else list(t.ids),
-                contrast=None if t.contrast_ids is None else list(t.contrast_ids), score=score, metric=metric,
-                name="corrupted")
-    if b.n_items != 1:
-        raise MethodError(f"corrupted must be one prompt, got {b.n_items}; patch pairs one at a time.")
-    check_finite_inputs(a)
-    check_finite_inputs(b)
-    if a.x.shape != b.x.shape or not torch.equal(a.keep[0].cpu(), b.keep[0].cpu()):
-        raise MethodError(
-            f"clean and corrupted must have the same number of tokens so that positions correspond: clean has "
-            f"{len(a.labels[0])} {a.labels[0]}, corrupted has {len(b.labels[0])} {b.labels[0]}; reword one of them (e.g. "
-            "names that are one token each)."
-        )
-    layout = layout_for(model, component_map)
-    n_layers = len(model.module.get_submodule(layout.layers))
-    sites = {(c, layer): site(model, f"{SITE_OF[c]}.{layer}", component_map) for c in comps for layer in range(n_layers)}
-    n_heads = layout.n_heads or 0
-    if "heads" in comps and not n_heads:
-        raise MethodError("component 'heads' needs the number of attention heads: the model's config has none; "
-                          "pass component_map={..., 'n_heads': ...}.")
-    return _Pair(a, b, comps, sites, n_layers, n_heads, _positions(positions, len(a.labels[0])), direction)
-
-
-def _collect(pair: _Pair, inputs: Inputs, keys: Sequence[Key]) -> tuple[dict[Key, torch.Tensor], float]:
-    """One no-grad forward: the component values at ``keys`` and the metric."""
-    model, one = pair.model, torch.zeros(1, dtype=torch.long, device=inputs.x.device)
-    args, kwargs = inputs.call(one)
+def _collect(pairs: Pairs, inputs: Inputs, keys: Sequence[Key], items: torch.Tensor
+             ) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
+    """One no-grad forward of the rows ``items``: the component values at ``keys`` and the metric (rows,)."""
+    model = pairs.model
+    args, kwargs = inputs.call(items.to(inputs.x.device))
     with torch.no_grad(), model.trace(*args, **kwargs):
-        values = {key: pair.sites[key].read(model).save() for key in pair.ordered(keys)}
-        metric = inputs.scores(model.output, one).sum(-1).save()
-    return values, float(metric[0])
+        values = {key: pairs.sites[key].read(model).save() for key in pairs.ordered(keys)}
+        metric = inputs.scores(model.output, items.to(inputs.x.device)).sum(-1).save()
+    return values, metric.double().cpu()
 
 
 def _by_position(where: Site, value: torch.Tensor, inputs: Inputs) -> torch.Tensor:
@@ -189,16 +86,45 @@ def _by_position(where: Site, value: torch.Tensor, inputs: Inputs) -> torch.Tens
 
 
 def _dot(site_: Site, diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(positions,) or (heads, positions): Σ over the hidden (head) dimension of diff · grad, one row."""
-    prod = (diff.to(acc) * grad.to(acc))[0].sum(-1)
-    return prod.T if site_.heads is not None and prod.dim() == 2 else prod
+    """(rows, positions) or (rows, heads, positions): Σ over the hidden (head) dimension of diff · grad."""
+    prod = (diff.to(acc) * grad.to(acc)).sum(-1)
+    return prod.transpose(1, 2) if site_.heads is not None and prod.dim() == 3 else prod
+
+
+def _chunks(total: int, batch_size: int | None, default: int, device: torch.device,
+            run: Callable[[torch.Tensor], None]) -> tuple[int, int]:
+    """``run`` over ``arange(total)`` in chunks of ``batch_size`` (``None``: ``default``, halved on
+    out-of-memory; a size the caller chose is kept); (the last chunk size, the number of chunks run)."""
+    size = max(1, min(total, batch_size or default))
+    start, count = 0, 0
+    while start < total:
+        rows = torch.arange(start, min(start + size, total))
+        try:
+            run(rows)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
+            if is_oom(err) and size > 1 and batch_size is None:
+                free_after_oom(err, device)
+                size //= 2
+                continue
+            raise
+        start += len(rows)
+        count += 1
+    return size, count
+
+
+def _nan_scores(pairs: Pairs) -> dict[str, torch.Tensor]:
+    return {c: torch.full((pairs.n_pairs, *pairs.shape(c)), math.nan, dtype=torch.float64) for c in pairs.components}
+
+
+def _score_dtype(model: Model) -> torch.dtype:
+    return torch.float64 if model.dtype == torch.float64 else torch.float32
 
 
 # -- attribution patching ------------------------------------------------------------------------
 
 @releasing
 def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
-                         metric: Callable[[torch.Tensor], torch.Tensor] | None = None, score: str = "logit",
+                         metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
                          components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
                          component_map: Mapping[str, Any] | None = None,
                          positions: int | Sequence[int] | None = None,
@@ -216,39 +142,62 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     ((2, 3), (2, 4, 3))
 
     ``clean`` and ``corrupted`` are one prompt each (text, token ids, a BatchEncoding) of the same number of
-    tokens. ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the corrupted run; ``noise``:
-    (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints, negative from the end)
-    restricts the positions axis; ``component_map`` describes an unknown layout. ``batch_size`` is accepted
-    for the common signature: one pair takes one forward per prompt and one backward, whatever its value.
+    tokens, or lists of prompts: pairs clean[i]/corrupted[i], run as one batch, with a target (and contrast)
+    for all or one per pair; the result's ``scores`` are then the mean over pairs and ``per_pair`` holds each
+    pair's (:mod:`attrib.methods.pairs`). ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the
+    corrupted run; ``noise``: (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints,
+    negative from the end) restricts the positions axis; ``component_map`` describes an unknown layout.
+    ``batch_size``: pairs per pass (``None``: all, halved on out-of-memory).
     """
     check_grad_mode("attribution_patching", model)
     batch_size = check_batch_size(batch_size)
-    pair = _pair(model, clean, corrupted, target, contrast, score, metric, components, direction, component_map,
-                 positions)
-    source, receiving = pair.source_receiving()
-    keys = list(pair.sites)
-    other, m_source = _collect(pair, source, keys)
-    acc = torch.float64 if model.dtype == torch.float64 else torch.float32
-    one = torch.zeros(1, dtype=torch.long, device=receiving.x.device)
-    args, kwargs = receiving.call(one)
+    pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
+                          components=components, direction=direction, component_map=component_map,
+                          positions=positions)
+    per_pair = _nan_scores(pairs)
+    m_source, m_receiving = torch.empty(pairs.n_pairs, dtype=torch.float64), torch.empty(pairs.n_pairs,
+                                                                                        dtype=torch.float64)
+
+    def run(items: torch.Tensor) -> None:
+        dots, m_source[items], m_receiving[items] = _attribute(pairs, items, component_map)
+        index, present = pairs.index[items], pairs.present[items]
+        for (c, layer), dot in dots.items():
+            at = index if dot.dim() == 2 else index[:, None].expand(-1, dot.shape[1], -1)
+            got = dot.double().cpu().gather(-1, at)
+            per_pair[c][items, layer] = got.masked_fill(~(present if dot.dim() == 2 else present[:, None]), math.nan)
+
+    size, passes = _chunks(pairs.n_pairs, batch_size, pairs.n_pairs, model.device, run)
+    info = {"batch_size": size, "passes": passes} if pairs.batched else {}
+    return pairs.result("attribution_patching", per_pair, m_source, m_receiving, _score_dtype(model), **info)
+
+
+def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, Any] | None
+               ) -> tuple[dict[Key, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """For the pairs ``items``: diff · grad summed over the hidden dimension at every site, (rows, positions) or
+    (rows, heads, positions) over the whole input; the metric on the source and on the receiving prompt."""
+    model = pairs.model
+    source, receiving = pairs.source_receiving()
+    keys = list(pairs.sites)
+    other, m_source = _collect(pairs, source, keys, items)
+    acc = _score_dtype(model)
+    rows = items.to(receiving.x.device)
+    args, kwargs = receiving.call(rows)
     dots: dict[Key, torch.Tensor] = {}
     first = site(model, "resid_pre.0", component_map)
     with torch.enable_grad(), model.trace(*args, **kwargs):
         # gradients start at the first layer's input, whatever parameters are frozen
         first.write(model, first.read(model).detach().requires_grad_(True))
-        acts = [(key, pair.sites[key].module_value(model)) for key in pair.ordered(keys)]
+        acts = [(key, pairs.sites[key].module_value(model)) for key in pairs.ordered(keys)]
         for key, act in acts:
-            _by_position(pair.sites[key], pair.sites[key].take(act), receiving)
-        m_recv = receiving.scores(model.output, one).sum(-1)
-        with m_recv.sum().backward():
+            _by_position(pairs.sites[key], pairs.sites[key].take(act), receiving)
+        m_recv = receiving.scores(model.output, rows).sum(-1)
+        with m_recv.sum().backward():       # each row's metric depends on its own row only: per-row gradients
             for key, act in reversed(acts):
-                where = pair.sites[key]
+                where = pairs.sites[key]
                 diff = other[key].to(act.dtype) - where.take(act.detach())
-                dots[key] = _dot(where, diff, where.take(act.grad), acc)[..., pair.at].save()
+                dots[key] = _dot(where, diff, where.take(act.grad), acc).save()
         m_recv = m_recv.detach().save()
-    scores = {c: torch.stack([dots[(c, layer)] for layer in range(pair.n_layers)]).cpu() for c in pair.components}
-    m_clean, m_corr = pair.metrics(m_source, float(m_recv[0]))
-    return pair.result("attribution_patching", scores, m_clean, m_corr)
+    return dots, m_source, m_recv.double().cpu()
 
 
 # -- activation patching -------------------------------------------------------------------------
@@ -260,7 +209,7 @@ def _default_batch(device: torch.device, n_tokens: int) -> int:
 
 @releasing
 def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
-                        metric: Callable[[torch.Tensor], torch.Tensor] | None = None, score: str = "logit",
+                        metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
                         components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
                         component_map: Mapping[str, Any] | None = None,
                         positions: int | Sequence[int] | None = None,
@@ -280,68 +229,62 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
 
     The receiving run is the corrupted prompt for ``denoise``, the clean one for ``noise``. Each patch is
     one row of a batched forward of ``batch_size`` rows (``None``: about 4096 tokens per forward on CPU,
-    32768 on CUDA; an out-of-memory error halves it and retries). Same arguments and result as
-    :func:`attribution_patching`.
+    32768 on CUDA; an out-of-memory error halves it and retries); with lists of pairs the rows of every pair
+    share the forwards. Same arguments and result as :func:`attribution_patching`.
     """
     batch_size = check_batch_size(batch_size)
-    pair = _pair(model, clean, corrupted, target, contrast, score, metric, components, direction, component_map,
-                 positions)
-    source, receiving = pair.source_receiving()
-    sources, m_source = _collect(pair, source, list(pair.sites))
-    _, m_recv = _collect(pair, receiving, [])
-    comps, pos, at = pair.components, pair.positions, pair.at
-    rows: list[tuple[int, int, int, int]] = []      # (component, layer, head or -1, position in the input)
-    for c_id, c in enumerate(comps):
-        for layer in range(pair.n_layers):
-            for h in (range(pair.n_heads) if c == "heads" else (-1,)):
-                rows.extend((c_id, layer, h, p) for p in at)
+    pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
+                          components=components, direction=direction, component_map=component_map,
+                          positions=positions)
+    source, receiving = pairs.source_receiving()
+    everyone = torch.arange(pairs.n_pairs)
+    sources, m_source = _collect(pairs, source, list(pairs.sites), everyone)
+    _, m_recv = _collect(pairs, receiving, [], everyone)
+    rows: list[tuple[int, int, int, int, int, int]] = []   # (pair, component, layer, head or 0, input index, column)
+    for c_id, c in enumerate(pairs.components):
+        for layer in range(pairs.n_layers):
+            for h in (range(pairs.n_heads) if c == "heads" else (0,)):
+                for i, j in pairs.present.nonzero().tolist():
+                    rows.append((i, c_id, layer, h, int(pairs.index[i, j]), j))
     plan = torch.tensor(rows, dtype=torch.long)
     values = torch.empty(len(rows), dtype=torch.float64)
-    size = min(len(rows), batch_size or _default_batch(model.device, receiving.x.shape[1]))
-    start, n_forwards = 0, 0
-    while start < len(rows):
-        chunk = plan[start:start + size]
-        try:
-            values[start:start + len(chunk)] = _patched(pair, receiving, sources, chunk) - m_recv
-        except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
-            if is_oom(err) and size > 1 and batch_size is None:     # a size the caller chose is kept
-                free_after_oom(err, model.device)
-                size //= 2
-                continue
-            raise
-        start += len(chunk)
-        n_forwards += 1
-    scores, offset = {}, 0   # rows run component by component, layer by layer (head by head), position by position
-    dtype = torch.float64 if model.dtype == torch.float64 else torch.float32
-    for c in comps:
-        shape = (pair.n_layers, pair.n_heads, len(pos)) if c == "heads" else (pair.n_layers, len(pos))
-        n = math.prod(shape)
-        scores[c] = values[offset:offset + n].view(shape).to(dtype)
-        offset += n
-    m_clean, m_corr = pair.metrics(m_source, m_recv)
-    return pair.result("activation_patching", scores, m_clean, m_corr, batch_size=size, forwards=n_forwards)
+
+    def run(chunk: torch.Tensor) -> None:
+        part = plan[chunk]
+        values[chunk] = _patched(pairs, receiving, sources, part) - m_recv[part[:, 0]]
+
+    size, n_forwards = _chunks(len(rows), batch_size, _default_batch(model.device, receiving.x.shape[1]),
+                               model.device, run)
+    per_pair = _nan_scores(pairs)
+    for c_id, c in enumerate(pairs.components):
+        mine = plan[:, 1] == c_id
+        i, layer, h, j = plan[mine][:, [0, 2, 3, 5]].unbind(1)
+        per_pair[c][(i, layer, h, j) if c == "heads" else (i, layer, j)] = values[mine]
+    return pairs.result("activation_patching", per_pair, m_source, m_recv, _score_dtype(model), batch_size=size,
+                        forwards=n_forwards)
 
 
-def _patched(pair: _Pair, receiving: Inputs, sources: dict[Key, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
-    """One batched forward of the receiving prompt, row i patched as ``chunk[i]`` says; its metric (rows,)."""
-    model = pair.model
+def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
+    """One batched forward of the receiving prompts, row r being pair ``chunk[r, 0]`` patched as the rest of
+    ``chunk[r]`` says; its metric (rows,)."""
+    model = pairs.model
     device = receiving.x.device
     groups: dict[Key, torch.Tensor] = {}
-    for c_id, layer in torch.unique(chunk[:, :2], dim=0).tolist():
-        groups[(pair.components[c_id], layer)] = torch.nonzero((chunk[:, 0] == c_id) & (chunk[:, 1] == layer)).flatten()
-    items = torch.zeros(len(chunk), dtype=torch.long, device=device)
+    for c_id, layer in torch.unique(chunk[:, 1:3], dim=0).tolist():
+        groups[(pairs.components[c_id], layer)] = torch.nonzero((chunk[:, 1] == c_id) & (chunk[:, 2] == layer)).flatten()
+    items = chunk[:, 0].to(device)
     args, kwargs = receiving.call(items)
     with torch.no_grad(), model.trace(*args, **kwargs):
-        for key in pair.ordered(groups):
-            where, rows = pair.sites[key], groups[key].to(device)
+        for key in pairs.ordered(groups):
+            where, rows = pairs.sites[key], groups[key].to(device)
             new = _by_position(where, where.read(model), receiving).clone()
             source = sources[key].to(new.dtype)
-            at = chunk[groups[key], 3].to(device)
+            pair, at = chunk[groups[key], 0].to(device), chunk[groups[key], 4].to(device)
             if key[0] == "heads":
-                heads = chunk[groups[key], 2].to(device)
-                new[rows, at, heads] = source[0, at, heads]
+                heads = chunk[groups[key], 3].to(device)
+                new[rows, at, heads] = source[pair, at, heads]
             else:
-                new[rows, at] = source[0, at]
+                new[rows, at] = source[pair, at]
             where.write(model, new)
         out = receiving.scores(model.output, items).sum(-1).save()
     return out.double().cpu()

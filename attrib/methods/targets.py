@@ -17,8 +17,10 @@ Conventions (every method, language models and plain models alike):
 - ``score``: ``"logit"`` (default), ``"logprob"`` or ``"prob"``, computed in the logits' dtype promoted to
   at least float32 (never cast down: a float64 model's probabilities stay float64).
 - ``contrast=" John"``: score(target) − score(contrast), token by token (same number of tokens).
-- ``metric=callable(logits) -> tensor[batch]``: anything else (then ``target`` only extends the prompt). On a
-  plain model a callable ``target`` is the same as ``metric``.
+- ``metric=callable(logits) -> tensor[batch]``: anything else (then ``target`` only extends the prompt). A
+  metric with a second parameter without default, ``metric(logits, items)``, also gets each row's input
+  item (or patching pair) as a (rows,) index tensor. On a plain model a callable ``target`` is the same as
+  ``metric``.
 
 "Logits" are ``output.logits`` when the output has them, else the output's (first) tensor. A 2-D output
 (batch, classes) is one position; an output of more dimensions than 3 is flattened to (batch, 1, -1).

@@ -346,8 +346,8 @@ def test_bad_arguments(gpt2, leakcheck):
         activation_patching(model, CLEAN, CORRUPTED, target=TARGET, positions=6)
     with pytest.raises(MethodError, match="batch_size"):
         activation_patching(model, CLEAN, CORRUPTED, target=TARGET, batch_size=0)
-    with pytest.raises(MethodError, match="must be one prompt"):
-        attribution_patching(model, torch.cat([CLEAN, CLEAN]), torch.cat([CORRUPTED, CORRUPTED]), target=TARGET)
+    with pytest.raises(MethodError, match="clean has 2 prompts and corrupted has 3 prompts: patching needs one"):
+        attribution_patching(model, torch.cat([CLEAN, CLEAN]), torch.cat([CORRUPTED] * 3), target=TARGET)
     check.assert_clean()
 
 

@@ -119,10 +119,15 @@ CASES: list[Case] = [
     *both("no positions", MethodError, r"positions is empty; pass None", positions=[]),
     *both("positions of an object", MethodError, r"positions must be an int, a list of ints or None.*got <object",
           positions=object()),
-    *both("a batch of clean prompts", MethodError, r"clean must be one prompt, got 2",
-          clean=torch.cat([IDS, IDS])),
-    *both("a batch of corrupted prompts", MethodError, r"corrupted must be one prompt, got 2",
+    *both("a batch of clean prompts, one corrupted", MethodError, r"clean has 2 prompts and corrupted has 1 prompt: "
+          r"patching needs one corrupted prompt per clean prompt", clean=torch.cat([IDS, IDS])),
+    *both("one clean prompt, a batch of corrupted", MethodError, r"clean has 1 prompt and corrupted has 2 prompts",
           corrupted=torch.cat([CORRUPT, CORRUPT])),
+    *both("three clean texts, two corrupted", MethodError, r"clean has 3 prompts and corrupted has 2 prompts",
+          clean=["w3 w14 w15 w9 w26 w5"] * 3, corrupted=["w3 w14 w7 w9 w26 w5"] * 2),
+    *both("pairs where the second differs in length", MethodError, r"clean and corrupted of pair 1 must have the same "
+          r"number of tokens.*clean has 6 .*corrupted has 5", clean=[IDS[0].tolist(), IDS[0].tolist()],
+          corrupted=[CORRUPT[0].tolist(), CORRUPT[0, :5].tolist()]),
     *both("component_map of a string", LayoutError, r"component_map='transformer\.h' is not a dict; pass one that "
           r"maps 'layers'", component_map="transformer.h"),
     *both("component_map of a list", LayoutError, r"component_map=\['layers'\] is not a dict",
