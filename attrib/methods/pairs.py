@@ -32,10 +32,12 @@ from ..models.sites import Site, layout_for, schedule, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_finite_inputs, prepare
 
-__all__ = ["Pairs", "prepare_pairs", "COMPONENTS", "SITE_OF", "DIRECTIONS", "Key"]
+__all__ = ["Pairs", "prepare_pairs", "COMPONENTS", "EXTRA", "HEADED", "SITE_OF", "DIRECTIONS", "Key"]
 
-COMPONENTS = ("resid", "attn", "mlp", "heads")
-SITE_OF = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "z"}
+COMPONENTS = ("resid", "attn", "mlp", "heads")              # the default components
+EXTRA = ("q", "k", "v")                                      # asked for by name: each head's query, key, value
+SITE_OF = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "z", "q": "q", "k": "k", "v": "v"}
+HEADED = ("heads", "q", "k", "v")                            # one score per head
 DIRECTIONS = ("denoise", "noise")
 Key = tuple[str, int]
 
@@ -51,6 +53,7 @@ class Pairs:
     sites: dict[Key, Site]
     n_layers: int
     n_heads: int
+    n_kv_heads: int
     positions: list[int]             # positions of the longest prompt (prompts aligned at their ends)
     direction: str
     length: int                      # tokens of the longest prompt
@@ -80,7 +83,11 @@ class Pairs:
     def shape(self, component: str) -> tuple[int, ...]:
         """One pair's score shape: (layers, positions), or (layers, heads, positions) for heads."""
         n = len(self.positions)
-        return (self.n_layers, self.n_heads, n) if component == "heads" else (self.n_layers, n)
+        return (self.n_layers, self.heads_of(component), n) if component in HEADED else (self.n_layers, n)
+
+    def heads_of(self, component: str) -> int:
+        """How many heads a component has: key / value heads for ``k`` and ``v`` (grouped-query attention)."""
+        return self.n_kv_heads if component in ("k", "v") else self.n_heads
 
     def result(self, method: str, per_pair: dict[str, torch.Tensor], m_source: torch.Tensor,
                m_receiving: torch.Tensor, dtype: torch.dtype, **info: Any) -> PatchingResult:
@@ -114,9 +121,9 @@ def components_of(components: Iterable[str] | str) -> tuple[str, ...]:
                           f"components=('resid', 'heads'), or leave it out for all of {', '.join(COMPONENTS)}.")
     comps = tuple(dict.fromkeys(names))
     for c in comps or ("",):
-        if c not in COMPONENTS:
+        if c not in COMPONENTS + EXTRA:
             what = f"unknown component {c!r}" if comps else "components is empty"
-            raise MethodError(f"{what}; choose from {', '.join(map(repr, COMPONENTS))}.")
+            raise MethodError(f"{what}; choose from {', '.join(map(repr, COMPONENTS + EXTRA))}.")
     return comps
 
 
@@ -183,9 +190,10 @@ def prepare_pairs(model: Model, clean: Any, corrupted: Any, *, target: Any = Non
     n_layers = len(model.module.get_submodule(layout.layers))
     sites = {(c, layer): site(model, f"{SITE_OF[c]}.{layer}", component_map) for c in comps for layer in range(n_layers)}
     n_heads = layout.n_heads or 0
-    if "heads" in comps and not n_heads:
-        raise MethodError("component 'heads' needs the number of attention heads: the model's config has none; "
-                          "pass component_map={..., 'n_heads': ...}.")
+    headed = [c for c in comps if c in HEADED]
+    if headed and not n_heads:
+        raise MethodError(f"component {headed[0]!r} needs the number of attention heads: the model's config has "
+                          "none; pass component_map={..., 'n_heads': ...}.")
     length = max(len(labels) for labels in a.labels)
     at = positions_of(positions, length)
     index = torch.zeros((a.n_items, len(at)), dtype=torch.long)
@@ -196,4 +204,5 @@ def prepare_pairs(model: Model, clean: Any, corrupted: Any, *, target: Any = Non
             own = p - (length - len(keep))           # the pair's own position: prompts end together
             if own >= 0:
                 index[i, j], present[i, j] = keep[own], True
-    return Pairs(a, b, comps, sites, n_layers, n_heads, at, direction, length, index, present)
+    return Pairs(a, b, comps, sites, n_layers, n_heads, layout.n_kv_heads or n_heads, at, direction, length, index,
+                 present)

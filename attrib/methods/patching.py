@@ -44,7 +44,9 @@ tutorials report it), ``per_pair`` each pair's scores and ``pair(i)`` pair i's r
 
 Components are sites (:mod:`attrib.models.sites`) of every layer: ``resid`` = ``resid_post``, ``attn`` =
 ``attn_out``, ``mlp`` = ``mlp_out``, ``heads`` = ``z`` (each head's output, the input of the attention's
-output projection), found through the model's layout (:mod:`attrib.models.layouts`) or ``component_map``.
+output projection), found through the model's layout (:mod:`attrib.models.layouts`) or ``component_map``;
+``q``, ``k`` and ``v`` (each head's query, key and value projection, before any rotary embedding; key /
+value heads under grouped-query attention) when named, as TransformerLens' demo patches them.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from ..errors import MethodError
 from ..models.sites import Site, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_grad_mode
-from .pairs import COMPONENTS, DIRECTIONS, Key, Pairs, prepare_pairs
+from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, prepare_pairs
 
 __all__ = ["attribution_patching", "activation_patching", "COMPONENTS", "DIRECTIONS"]
 
@@ -85,10 +87,10 @@ def _by_position(where: Site, value: torch.Tensor, inputs: Inputs) -> torch.Tens
     return value
 
 
-def _dot(site_: Site, diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+def _dot(diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """(rows, positions) or (rows, heads, positions): Σ over the hidden (head) dimension of diff · grad."""
     prod = (diff.to(acc) * grad.to(acc)).sum(-1)
-    return prod.transpose(1, 2) if site_.heads is not None and prod.dim() == 3 else prod
+    return prod.transpose(1, 2) if prod.dim() == 3 else prod
 
 
 def _chunks(total: int, batch_size: int | None, default: int, device: torch.device,
@@ -195,7 +197,7 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
             for key, act in reversed(acts):
                 where = pairs.sites[key]
                 diff = other[key].to(act.dtype) - where.take(act.detach())
-                dots[key] = _dot(where, diff, where.take(act.grad), acc).save()
+                dots[key] = _dot(diff, where.take(act.grad), acc).save()
         m_recv = m_recv.detach().save()
     return dots, m_source, m_recv.double().cpu()
 
@@ -243,7 +245,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     rows: list[tuple[int, int, int, int, int, int]] = []   # (pair, component, layer, head or 0, input index, column)
     for c_id, c in enumerate(pairs.components):
         for layer in range(pairs.n_layers):
-            for h in (range(pairs.n_heads) if c == "heads" else (0,)):
+            for h in (range(pairs.heads_of(c)) if c in HEADED else (0,)):
                 for i, j in pairs.present.nonzero().tolist():
                     rows.append((i, c_id, layer, h, int(pairs.index[i, j]), j))
     plan = torch.tensor(rows, dtype=torch.long)
@@ -259,7 +261,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     for c_id, c in enumerate(pairs.components):
         mine = plan[:, 1] == c_id
         i, layer, h, j = plan[mine][:, [0, 2, 3, 5]].unbind(1)
-        per_pair[c][(i, layer, h, j) if c == "heads" else (i, layer, j)] = values[mine]
+        per_pair[c][(i, layer, h, j) if c in HEADED else (i, layer, j)] = values[mine]
     return pairs.result("activation_patching", per_pair, m_source, m_recv, _score_dtype(model), batch_size=size,
                         forwards=n_forwards)
 
@@ -280,7 +282,7 @@ def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], 
             new = _by_position(where, where.read(model), receiving).clone()
             source = sources[key].to(new.dtype)
             pair, at = chunk[groups[key], 0].to(device), chunk[groups[key], 4].to(device)
-            if key[0] == "heads":
+            if key[0] in HEADED:
                 heads = chunk[groups[key], 3].to(device)
                 new[rows, at, heads] = source[pair, at, heads]
             else:

@@ -97,13 +97,14 @@ def patching_figure(result: Any, component: str = "resid", position: int | None 
     if not isinstance(component, str) or component not in result.scores:
         raise PlotError(f"no scores for {component!r:.40} (the component argument) in this result; pass one of "
                         f"{', '.join(map(repr, result.scores))}.")
-    if position is not None and component != "heads":
-        raise PlotError(f"position={position!r:.20} applies to component 'heads' only (layer × head at one "
-                        f"position); {component!r} is drawn layer × position, so leave position out.")
     values = result.scores[component].detach().cpu().double().numpy()
+    headed = values.ndim == 3                   # heads, q, k, v: (layers, heads, positions)
+    if position is not None and not headed:
+        raise PlotError(f"position={position!r:.20} applies to per-head components only (layer × head at one "
+                        f"position); {component!r} is drawn layer × position, so leave position out.")
     opts = with_defaults(resolve(options, **overrides), units="Δ metric")
     title = patching_title(result, component)
-    if component != "heads":
+    if not headed:
         return layer_position_figure(values, result.tokens, with_defaults(opts, title=title),
                                      positions=result.positions)
     if position is None:

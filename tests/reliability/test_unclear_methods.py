@@ -69,7 +69,7 @@ def test_1_plot_positions_out_of_range_are_refused_not_wrapped(lm, leakcheck):
     for position in (1.5, True, "1"):
         with pytest.raises(attrib.PlotError, match=r"position must be an int .*got"):
             r.plot("heads", position=position)
-    with pytest.raises(attrib.PlotError, match=r"position=3 applies to component 'heads' only"):
+    with pytest.raises(attrib.PlotError, match=r"position=3 applies to per-head components only"):
         r.plot("resid", position=3)
     with pytest.raises(attrib.PlotError, match=r"positions=6 is outside the prompt of 2 tokens"):
         layer_position_figure(np.ones((2, 1)), ["a", "b"], positions=[6])
