@@ -35,9 +35,9 @@ from .inputs import Inputs, check_finite_inputs, prepare
 __all__ = ["Pairs", "prepare_pairs", "COMPONENTS", "EXTRA", "HEADED", "SITE_OF", "DIRECTIONS", "Key"]
 
 COMPONENTS = ("resid", "attn", "mlp", "heads")              # the default components
-EXTRA = ("q", "k", "v")                                      # asked for by name: each head's query, key, value
-SITE_OF = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "z", "q": "q", "k": "k", "v": "v"}
-HEADED = ("heads", "q", "k", "v")                            # one score per head
+EXTRA = ("q", "k", "v", "q_rot", "k_rot", "pattern")        # asked for by name (attrib.models.sites)
+SITE_OF = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "z", **{c: c for c in EXTRA}}
+HEADED = ("heads", *EXTRA)                                   # one score per head
 DIRECTIONS = ("denoise", "noise")
 Key = tuple[str, int]
 
@@ -87,7 +87,7 @@ class Pairs:
 
     def heads_of(self, component: str) -> int:
         """How many heads a component has: key / value heads for ``k`` and ``v`` (grouped-query attention)."""
-        return self.n_kv_heads if component in ("k", "v") else self.n_heads
+        return self.n_kv_heads if component in ("k", "v", "k_rot") else self.n_heads
 
     def result(self, method: str, per_pair: dict[str, torch.Tensor], m_source: torch.Tensor,
                m_receiving: torch.Tensor, dtype: torch.dtype, **info: Any) -> PatchingResult:

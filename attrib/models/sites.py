@@ -25,13 +25,16 @@ Names (``L`` a layer index, negative from the end):
                (batch, positions, heads, head dim)
 ``q.L`` ``k.L`` ``v.L``  the query / key / value projections of layer L, split into heads (key/value heads for
                grouped-query attention); for fused projections (GPT-2, GPT-NeoX, Phi-3) their part of it
+``q_rot.L`` ``k_rot.L``  the query / key as the attention scores use them (after a rotary embedding), (batch,
+               positions, heads, head dim); reading one installs attention probes (:mod:`attrib.models.probes`)
+``pattern.L``  the attention weights after the softmax, (batch, query positions, heads, key positions); probes
 a module path  ``"model.layers.3.mlp"`` (or an envoy): that module's output (the first tensor of a tuple)
 ============== ===========================================================================================
 
 Each :class:`Site` reads the tensor attrib hands out for its module (:meth:`Site.module_value`, whose
 ``.grad`` works in a backward context) and takes its part of it (:meth:`Site.take`); :meth:`Site.write`
 puts a value of the site's shape back. Within a layer, sites run in the order ``resid_pre``, ``q``/``k``/``v``,
-``z``, ``attn_out``, ``mlp_out``, ``resid_post`` (:func:`schedule`).
+``q_rot``/``k_rot``, ``pattern``, ``z``, ``attn_out``, ``mlp_out``, ``resid_post`` (:func:`schedule`).
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ from ..core.envoy import Envoy
 from ..core.model import Model
 from ..errors import LayoutError
 from .layouts import Layout, from_map, layout_of
+from .probes import CHILD, PROBES, attention_path, install
 
 __all__ = ["Site", "site", "layout_for", "schedule", "head_outputs", "NAMED", "first_tensor", "replace_first"]
 
-NAMED = ("resid_pre", "q", "k", "v", "z", "attn_out", "mlp_out", "resid_post")   # execution order in a layer
+NAMED = ("resid_pre", "q", "k", "v", "q_rot", "k_rot", "pattern", "z", "attn_out", "mlp_out",
+         "resid_post")                                                          # execution order in a layer
 
 
 def first_tensor(value: Any) -> torch.Tensor:
@@ -200,6 +205,9 @@ def _named(model: Model, kind: str, layer: int, layout: Layout) -> Site:
     layer %= n
     base = f"{layout.layers}.{layer}"
     name = f"{kind}.{layer}"
+    if kind in PROBES:
+        install(model, layout)
+        return Site(name, f"{base}.{attention_path(layout)}.{CHILD}.{kind}", "output", layer)
     if kind == "resid_pre":
         return Site(name, base, "input", layer)
     if kind == "resid_post":
