@@ -22,6 +22,7 @@ from .envoy import Envoy, display_path
 from ..errors import InputError, NotInTraceError
 from .release import release
 from .current import trace_of
+from .invoke import Invoker
 from .trace import Trace
 from .values import tensors_in
 
@@ -47,6 +48,7 @@ class Model:
         object.__setattr__(self, "_value_error", None)
         object.__setattr__(self, "_order", None)  # module event order learnt by the first trace
         object.__setattr__(self, "_container_list", None)
+        object.__setattr__(self, "_invokers", [])  # open `with model.trace() as tracer:` blocks (no inputs)
 
     # -- module tree --------------------------------------------------------------------------
     @property
@@ -181,6 +183,11 @@ class Model:
 
     def _active_trace(self, envoy: Envoy, kind: str) -> Trace:
         trace = trace_of(self)
+        if trace is None and self._invokers:
+            raise NotInTraceError(
+                f"{envoy.path}.{kind} was read in `with model.trace() as tracer:` outside every invoke; a trace "
+                "without inputs runs its forwards in its invokes, so read it inside `with tracer.invoke(...):`."
+            )
         if trace is None:
             raise NotInTraceError(
                 f"{envoy.path}.{kind} exists only inside `with model.trace(...):`; read it in the block "
@@ -189,12 +196,15 @@ class Model:
         return trace
 
     # -- tracing ------------------------------------------------------------------------------
-    def trace(self, *args: Any, param_grads: bool = False, **kwargs: Any) -> Trace:
-        """Open a trace that calls the wrapped module with ``*args, **kwargs``.
+    def trace(self, *args: Any, param_grads: bool = False, **kwargs: Any) -> Trace | Invoker:
+        """Open a trace that calls the wrapped module with ``*args, **kwargs``; without inputs, a block whose
+        ``tracer.invoke(...)`` traces each input in turn (:mod:`attrib.core.invoke`).
 
         ``param_grads=True`` makes backward contexts also accumulate parameter gradients into
         ``.grad`` (by default they compute only what the values read in the trace need).
         """
+        if not args and not kwargs:
+            return Invoker(self, param_grads)
         args, kwargs = self._prepare(args, kwargs)
         self._check_devices(args, kwargs)
         return Trace(self, args, kwargs, param_grads=param_grads)

@@ -153,10 +153,15 @@ def test_empty_token_tensor(gpt2):
         lm.trace(torch.zeros(1, 0, dtype=torch.long))
 
 
-def test_no_inputs(gpt2):
+def test_no_inputs_is_a_block_of_invokes(gpt2):
     model, hf, ids = gpt2
-    with pytest.raises(attrib.InputError, match="got no inputs"):
-        model.trace()
+    with pytest.raises(attrib.NotInTraceError, match="outside every invoke"):
+        with model.trace():
+            model.output
+    with model.trace() as tracer:
+        with tracer.invoke(ids):
+            out = model.output.logits.save()
+    assert out.shape == (1, 6, 50)
 
 
 def test_every_error_is_an_attrib_error():

@@ -38,6 +38,11 @@ def nested(model_name: str):
     return call
 
 
+def _read_outside_invokes(model):
+    with model.trace():
+        return model.transformer.h[0].output
+
+
 def reused_trace(m):
     tr = m.gpt2.trace(IDS)
     with tr:
@@ -194,7 +199,8 @@ CASES: list[Case] = [
     error("tokenizer of an int", InputError, r"tokenizer=5 \(int\) is not a tokenizer \(it cannot be called on text\)",
           lambda m: attrib.LanguageModel(m.llama.module, 5)),
     # trace inputs
-    error("trace without inputs", InputError, r"model\.trace\(\) got no inputs", lambda m: m.gpt2.trace()),
+    error("a read in a trace without inputs, outside every invoke", NotInTraceError, r"transformer\.h\[0\]\.output was "
+          r"read in `with model\.trace\(\) as tracer:` outside every invoke", lambda m: _read_outside_invokes(m.gpt2)),
     error("text to a plain model", InputError, r"text prompt \('hello'\).*attrib\.Model\(Sequential\).*no tokenizer",
           trace("mlp", "hello")),
     error("texts to a plain model", InputError, r"text prompt \(\['a', 'b'\]\).*no tokenizer",
