@@ -18,18 +18,21 @@ def lm():
     return attrib.LanguageModel(tiny_hf("gpt2"), WordTokenizer())
 
 
+def body(lm):
+    """Inside an open trace: a layer's output, its gradient under two losses, and the logits."""
+    h = lm.transformer.h[0].output
+    hs = h.save()
+    logits = lm.output.logits
+    with logits[0, -1, 7].backward(retain_graph=True):
+        g_last = h.grad.save()
+    with logits[0, 0, 3].backward():
+        g_first = h.grad.save()
+    return hs, g_last, g_first, logits.save()
+
+
 def per_prompt(lm, prompt):
-    """One ordinary trace of one prompt: a layer's output, its gradient under two losses, and the logits."""
     with lm.trace(prompt):
-        h = lm.transformer.h[0].output
-        hs = h.save()
-        logits = lm.output.logits
-        with logits[0, -1, 7].backward(retain_graph=True):
-            g_last = h.grad.save()
-        with logits[0, 0, 3].backward():
-            g_first = h.grad.save()
-        out = logits.save()
-    return hs, g_last, g_first, out
+        return body(lm)
 
 
 def test_invokes_equal_one_trace_per_prompt(lm, leakcheck):
@@ -38,14 +41,7 @@ def test_invokes_equal_one_trace_per_prompt(lm, leakcheck):
     with lm.trace() as tracer:
         for prompt in PROMPTS:
             with tracer.invoke(prompt):
-                h = lm.transformer.h[0].output
-                hs = h.save()
-                logits = lm.output.logits
-                with logits[0, -1, 7].backward(retain_graph=True):
-                    g_last = h.grad.save()
-                with logits[0, 0, 3].backward():
-                    g_first = h.grad.save()
-                got.append((hs, g_last, g_first, logits.save()))
+                got.append(body(lm))
     check.assert_clean()
     assert tracer.invokes == 3
     for prompt, values in zip(PROMPTS, got):
