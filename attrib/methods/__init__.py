@@ -1,5 +1,6 @@
 """Attribution methods: each one body on the input adapter (:mod:`attrib.methods.inputs`)."""
 
+from .circuits import edge_attribution_patching
 from .generation import generate_and_attribute
 from .integrated_gradients import integrated_gradients
 from .path_profile import path_profile
@@ -7,4 +8,5 @@ from .patching import activation_patching, attribution_patching
 from .saliency import saliency
 
 __all__ = ["integrated_gradients", "saliency", "attribution_patching", "activation_patching", "path_profile",
-           "generate_and_attribute"]
+           "generate_and_attribute",
+           "edge_attribution_patching"]

@@ -17,12 +17,14 @@ from ..errors import ResultFileError
 from . import files
 from .attribution import Attribution
 from .base import Result
+from .graph import Graph
 from .patching import PatchingResult
 from .profile import PathProfile
 
-__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "load"]
+__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "Graph", "load"]
 
-_KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult, PathProfile)}
+_KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult, PathProfile,
+                                                                       Graph)}
 
 
 def load(path: str | os.PathLike) -> Result:

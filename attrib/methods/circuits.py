@@ -1,0 +1,210 @@
+"""Edge attribution patching: EAP (Syed, Rager & Conmy 2023) and EAP-IG (Hanna, Pezzelle & Belinkov, COLM 2024).
+
+>>> import torch, transformers, attrib
+>>> _ = torch.manual_seed(0)
+>>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
+>>> model = attrib.LanguageModel(transformers.GPT2LMHeadModel(config).double().eval())
+>>> g = attrib.edge_attribution_patching(model, torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 4]]), target=7)
+>>> len(g.senders), len(g.receivers), g.n_edges   # embed + 8 heads + 2 MLPs; 24 q/k/v + 2 MLPs + logits
+(11, 27, 110)
+
+A transformer's residual stream is a sum of what its senders wrote: the input embeddings, each head's output
+(its slice of the attention output projection) and each MLP's output. Each receiver reads it: a head through
+its query, key and value, an MLP through its input, the unembedding through the last layer's output. The edge
+score of sender s → receiver r is Δ_s · g_r summed over positions, where Δ_s is the sender's output on the clean
+prompt minus on the corrupted one and g_r the gradient of the metric with respect to the residual stream *as r
+reads it*, at the corrupted run: the vector-Jacobian product of r's own path (its layer norm, its slice of the
+projection) applied to the metric's gradient at r. So the edges of a sender sum to its node attribution patching
+(Σ_r g_r is the metric's gradient at the residual stream where the sender wrote), which the tests check.
+
+- ``method="eap"``: g_r at the corrupted run (the linear estimate of restoring that edge alone).
+- ``method="eap-ig"``: g_r averaged over ``n_steps`` points (default 5, Gauss–Legendre unless ``rule`` says)
+  on the straight line between the clean and the corrupted input embeddings, α = 0 clean, α = 1 corrupted, as
+  integrated gradients averages; ``rule="riemann_right", n_steps=1`` is EAP.
+- Pairs as in the patchings (:mod:`attrib.methods.pairs`): one pair, or lists of pairs in one batch, whose
+  scores are averaged. ``metric``, ``target``, ``contrast``, ``score`` as everywhere.
+
+Layouts with a plain pre-norm residual stream are supported (GPT-2, GPT-NeoX with its parallel attention and
+MLP, Llama, Mistral, Mixtral, Qwen2/3, Gemma, Phi-3, OPT). Gemma 2/3 (norms after each sublayer), BERT-style
+post-norm encoders and T5 are refused: there the residual stream is not the plain sum of the senders' outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..core.model import Model
+from ..core.release import releasing
+from ..errors import MethodError
+from ..models.sites import Site, head_outputs, layout_for, site
+from ..results import Graph
+from .inputs import check_batch_size, check_grad_mode
+from .pairs import Pairs, prepare_pairs
+from .quadrature import quadrature
+
+__all__ = ["edge_attribution_patching", "METHODS"]
+
+METHODS = ("eap", "eap-ig")
+_UNSUPPORTED = {"gemma2": "norms after each sublayer", "gemma3": "norms after each sublayer",
+                "gemma3_text": "norms after each sublayer", "bert": "a post-norm residual stream",
+                "roberta": "a post-norm residual stream", "t5": "an encoder-decoder"}
+
+
+def _check_family(model: Model, component_map: Mapping[str, Any] | None) -> bool:
+    """Whether the model's MLPs read the layer's input (parallel attention and MLP, GPT-NeoX style); refuse the
+    families whose residual stream is not a plain sum of the senders' outputs."""
+    config = getattr(model.module, "config", None)
+    family = getattr(config, "model_type", None)
+    if component_map is None and family in _UNSUPPORTED:
+        raise MethodError(f"edge attribution patching needs a residual stream that is the plain sum of what the "
+                          f"embeddings, heads and MLPs wrote; {family} has {_UNSUPPORTED[family]}, so its edges are not "
+                          "defined that way. Use attribution_patching for node scores instead.")
+    return bool(getattr(config, "use_parallel_residual", False))
+
+
+class _Nodes:
+    """Sender and receiver names, their positions in the model (for which edges exist), and the sites read."""
+
+    def __init__(self, model: Model, n_layers: int, n_heads: int, n_kv: int, parallel: bool,
+                 component_map: Mapping[str, Any] | None) -> None:
+        at = lambda kind, layer: site(model, f"{kind}.{layer}", component_map)          # noqa: E731
+        self.layers = range(n_layers)
+        self.resid = [at("resid_pre", l) for l in self.layers]
+        self.z = [at("z", l) for l in self.layers]
+        self.attn = [at("attn_out", l) for l in self.layers]
+        self.mlp = [at("mlp_out", l) for l in self.layers]
+        self.qkv = [[at(k, l) for k in "qkv"] for l in self.layers]
+        self.last = at("resid_post", n_layers - 1)
+        self.n_heads, self.n_kv, self.parallel = n_heads, n_kv, parallel
+        # where each node writes or reads: embed −1, attention of layer l at 2l, its MLP at 2l + 1 (2l if parallel)
+        mlp_at = (lambda l: 2 * l) if parallel else (lambda l: 2 * l + 1)
+        self.senders = ["embed"] + [name for l in self.layers for name in
+                                    [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]]
+        send_at = [-1] + [p for l in self.layers for p in [2 * l] * n_heads + [mlp_at(l)]]
+        # receivers: each head's query; each key/value head's key and value (one per head without grouped-query
+        # attention, ``L{l}KV{g}`` with it); each MLP; the logits
+        kv = (lambda l, g: f"L{l}H{g}") if n_kv == n_heads else (lambda l, g: f"L{l}KV{g}")
+        self.receivers = [name for l in self.layers for name in
+                          [f"L{l}H{h}.q" for h in range(n_heads)] + [f"{kv(l, g)}.{k}" for k in "kv"
+                                                                      for g in range(n_kv)] + [f"M{l}"]] + ["logits"]
+        read_at = [p for l in self.layers for p in [2 * l] * (n_heads + 2 * n_kv) + [mlp_at(l)]] + [2 * n_layers]
+        self.edges = torch.tensor(send_at)[:, None] < torch.tensor(read_at)[None, :]
+        if parallel:                 # an MLP reading the layer input reads what the attention of its layer did not
+            self.edges &= ~((torch.tensor(send_at)[:, None] == torch.tensor(read_at)[None, :]))
+
+    def reads(self) -> list[Site]:
+        unique = {s: None for l in self.layers for s in (self.resid[l], *self.qkv[l], self.z[l], self.attn[l],
+                                                          self.mlp[l])}
+        return [*unique, self.last]
+
+
+def _senders(nodes: _Nodes, model: Model, clean: dict[Site, torch.Tensor], corrupted: dict[Site, torch.Tensor],
+             acc: torch.dtype) -> torch.Tensor:
+    """(senders, rows, positions, hidden): each sender's output on clean minus on corrupted."""
+    rows = [(clean[nodes.resid[0]] - corrupted[nodes.resid[0]]).to(acc)[None]]
+    for l in nodes.layers:
+        dz = nodes.z[l].take(clean[nodes.z[l]]) - nodes.z[l].take(corrupted[nodes.z[l]])
+        per_head = head_outputs(model, nodes.z[l], dz.to(acc))                  # (rows, positions, heads, hidden)
+        rows.append(per_head.permute(2, 0, 1, 3))
+        mlp = nodes.mlp[l]                                  # (rows · positions, hidden) for OPT: unflatten
+        diff = (clean[mlp] - corrupted[mlp]).reshape(*rows[0].shape[1:3], -1)
+        rows.append(diff.to(acc)[None])
+    return torch.cat(rows)
+
+
+def _receivers(nodes: _Nodes, values: dict[Any, torch.Tensor], metric: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """(receivers, rows, positions, hidden): the metric's gradient at the residual stream as each receiver reads
+    it, from the corrupted (or interpolated) run's graph, in the order of ``nodes.receivers``."""
+    projections = list(dict.fromkeys(id(values[w]) for l in nodes.layers for w in nodes.qkv[l]))
+    by_id = {id(values[w]): values[w] for l in nodes.layers for w in nodes.qkv[l]}
+    wanted = [by_id[i] for i in projections] + [values[nodes.mlp[l]] for l in nodes.layers] + [values[nodes.last]]
+    grads = torch.autograd.grad(metric.sum(), wanted, retain_graph=True, allow_unused=True)
+    grad_of = dict(zip(projections, grads))
+    out: list[torch.Tensor] = []
+    for l in nodes.layers:
+        # one cotangent per receiver: the metric's gradient at one head's q, k or v, zero elsewhere in the module
+        per_module: dict[int, list[torch.Tensor]] = {}
+        for where in nodes.qkv[l]:
+            full = values[where]
+            g = grad_of[id(full)]
+            part = where.take(torch.zeros_like(full) if g is None else g)     # (rows, positions, heads, d_head)
+            for h in range(part.shape[2]):
+                only = torch.zeros_like(part)
+                only[:, :, h] = part[:, :, h]
+                per_module.setdefault(id(full), []).append(where.put(torch.zeros_like(full), only))
+        resid = values[nodes.resid[l]]
+        for module_id, cotangents in per_module.items():      # q, k, v in order (or one fused module)
+            vjp = torch.autograd.grad(by_id[module_id], resid, torch.stack(cotangents), retain_graph=True,
+                                      is_grads_batched=True)[0]
+            out.extend(v.to(acc) for v in vjp)
+        mlp_in = resid if nodes.parallel else values[nodes.attn[l]]
+        out.append(torch.autograd.grad(values[nodes.mlp[l]], mlp_in, grads[len(projections) + l],
+                                       retain_graph=True)[0].to(acc))
+    out.append(grads[-1].to(acc))
+    return torch.stack(out)
+
+
+@releasing
+def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
+                              metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
+                              method: str = "eap", n_steps: int | None = None, rule: str | None = None,
+                              component_map: Mapping[str, Any] | None = None,
+                              batch_size: int | None = None) -> Graph:
+    """Edge scores from every sender to every receiver (see the module docstring); a :class:`~attrib.Graph`."""
+    check_grad_mode("edge_attribution_patching", model)
+    batch_size = check_batch_size(batch_size)
+    if method not in METHODS:
+        raise MethodError(f"method={method!r:.40} is not one of {', '.join(map(repr, METHODS))}.")
+    if method == "eap" and (n_steps is not None or rule is not None):
+        raise MethodError("n_steps= and rule= choose the points of method='eap-ig'; method='eap' takes the gradient "
+                          "at the corrupted run only. Pass method='eap-ig' with them, or drop them.")
+    alphas, weights = quadrature(rule or ("riemann_right" if method == "eap" else "gausslegendre"),
+                                 1 if method == "eap" else (5 if n_steps is None else n_steps), "rule")
+    parallel = _check_family(model, component_map)
+    pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
+                          components=("heads",), component_map=component_map)
+    layout = layout_for(model, component_map)
+    nodes = _Nodes(model, pairs.n_layers, pairs.n_heads, layout.n_kv_heads or pairs.n_heads, parallel, component_map)
+    acc = torch.float64 if model.dtype == torch.float64 else torch.float32
+    items = torch.arange(pairs.n_pairs)
+    clean_values, m_clean = _run(pairs, nodes, pairs.clean, items, None, grad=False)
+    corrupted_values, m_corrupted = _run(pairs, nodes, pairs.corrupted, items, None, grad=False)
+    with torch.no_grad():
+        deltas = _senders(nodes, model, clean_values, corrupted_values, acc)   # (S, rows, T, d)
+    first_clean, first_corrupted = clean_values[nodes.resid[0]], corrupted_values[nodes.resid[0]]
+    del clean_values, corrupted_values
+    total = torch.zeros(len(nodes.senders), len(nodes.receivers), dtype=acc)
+    for alpha, weight in zip(alphas, weights):
+        start = first_clean + alpha * (first_corrupted - first_clean)          # α = 1: the corrupted run
+        values, _ = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
+        metric_rows = values.pop("metric")
+        grads = _receivers(nodes, values, metric_rows, acc)                     # (R, rows, T, d)
+        total += weight * torch.einsum("sbtd,rbtd->sr", deltas, grads.detach()) / pairs.n_pairs
+        del values, grads
+    scores = total.detach().masked_fill(~nodes.edges, 0.0).cpu()
+    info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
+            "pairs": pairs.n_pairs, "parallel_residual": parallel}
+    return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
+                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info)
+
+
+def _run(pairs: Pairs, nodes: _Nodes, inputs: Any, items: torch.Tensor, start: torch.Tensor | None,
+         grad: bool) -> tuple[dict[Any, torch.Tensor], torch.Tensor]:
+    """One forward of ``items``: every site's module value (kept in the graph when ``grad``), the metric, and
+    the first layer's input replaced by ``start`` when given."""
+    model = pairs.model
+    rows = items.to(inputs.x.device)
+    args, kwargs = inputs.call(rows)
+    values: dict[Any, torch.Tensor] = {}
+    with torch.enable_grad() if grad else torch.no_grad(), model.trace(*args, **kwargs):
+        for where in nodes.reads():
+            if where is nodes.resid[0] and grad:
+                first = (start if start is not None else where.read(model)).detach().requires_grad_(True)
+                where.write(model, first)
+            values[where] = where.module_value(model).save()
+        metric = inputs.scores(model.output, rows).sum(-1).save()
+    if grad:
+        values["metric"] = metric
+    return values, metric.detach().double().cpu()

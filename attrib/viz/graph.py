@@ -1,0 +1,67 @@
+"""A layered drawing of a circuit's edges: the embeddings at the bottom, a row per layer's heads and its MLP,
+the logits at the top.
+
+>>> from attrib.viz.graph import graph_figure, place
+>>> place("L2H1"), place("M2"), place("embed"), place("L3H0.q")
+((1.0, 2.0), ('mlp', 2.5), ('embed', -1.0), (0.0, 3.0))
+>>> fig = graph_figure([("embed", "L1H0.q", 0.5), ("L1H0", "logits", -1.0)], ["embed", "L1H0"], ["L1H0.q", "logits"])
+>>> fig.axes[0].get_title()
+'2 edges'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from .backend import pyplot
+
+__all__ = ["graph_figure", "place"]
+
+_HEAD = re.compile(r"^L(\d+)H(\d+)(?:\.[qkv])?$")
+_MLP = re.compile(r"^M(\d+)$")
+
+
+def place(name: str) -> tuple[Any, float]:
+    """(column, height) of a node: a head at (head, layer); an MLP at ("mlp", layer + ½); the embeddings at
+    ("embed", −1); the logits at ("logits", +inf, resolved when drawn). A receiver ``L3H0.q`` is head L3H0."""
+    head = _HEAD.match(name)
+    if head:
+        return float(head.group(2)), float(head.group(1))
+    mlp = _MLP.match(name)
+    if mlp:
+        return "mlp", float(mlp.group(1)) + 0.5
+    return (name, -1.0) if name == "embed" else (name, float("inf"))
+
+
+def graph_figure(edges: Sequence[tuple[str, str, float]], senders: Sequence[str], receivers: Sequence[str],
+                 *, title: str | None = None, figsize: tuple[float, float] | None = None) -> Any:
+    """The edges as lines between node positions; width by |score|, blue for +, red for −. Only nodes that an
+    edge touches are drawn, so a large graph stays legible when ``edges`` are its top ones."""
+    plt = pyplot()
+    names = {n for s, r, _ in edges for n in (s, r)}
+    heads = [place(n)[0] for n in list(senders) + list(receivers) if isinstance(place(n)[0], float)]
+    n_heads = int(max(heads, default=0.0)) + 1
+    layers = [place(n)[1] for n in list(senders) + list(receivers) if place(n)[1] not in (float("inf"), -1.0)]
+    top = max(layers, default=0.0) + 1.0
+
+    def xy(name: str) -> tuple[float, float]:
+        column, height = place(name)
+        x = column if isinstance(column, float) else (n_heads if column == "mlp" else (n_heads - 1) / 2)
+        return x, (top if height == float("inf") else height)
+
+    fig, ax = plt.subplots(figsize=figsize or (max(6.0, 0.6 * n_heads + 2), max(4.0, 0.35 * top + 2)),
+                           layout="constrained")
+    biggest = max((abs(v) for _, _, v in edges), default=1.0) or 1.0
+    for sender, receiver, value in sorted(edges, key=lambda e: abs(e[2])):
+        (x0, y0), (x1, y1) = xy(sender), xy(receiver)
+        ax.plot([x0, x1], [y0, y1], color="#2166ac" if value >= 0 else "#b2182b",
+                linewidth=0.4 + 4.0 * abs(value) / biggest, alpha=0.8, zorder=1)
+    for name in sorted({n.split(".")[0] for n in names}):
+        x, y = xy(name)
+        ax.scatter([x], [y], s=60, color="white", edgecolors="black", zorder=2)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xlabel("head (MLP on the right)")
+    ax.set_ylabel("layer")
+    ax.set_title(title if title is not None else f"{len(edges)} edges")
+    return fig
