@@ -1,6 +1,7 @@
 """Attribution methods: each one body on the input adapter (:mod:`attrib.methods.inputs`)."""
 
 from .circuits import edge_attribution_patching
+from .edge_patching import circuit_faithfulness, edge_patching
 from .generation import generate_and_attribute
 from .integrated_gradients import integrated_gradients
 from .path_profile import path_profile
@@ -9,4 +10,5 @@ from .saliency import saliency
 
 __all__ = ["integrated_gradients", "saliency", "attribution_patching", "activation_patching", "path_profile",
            "generate_and_attribute",
-           "edge_attribution_patching"]
+           "edge_attribution_patching",
+           "edge_patching", "circuit_faithfulness"]

@@ -146,6 +146,17 @@ def _receivers(nodes: _Nodes, values: dict[Any, torch.Tensor], metric: torch.Ten
     return torch.stack(out)
 
 
+def setup(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, score: str, metric: Any,
+          component_map: Mapping[str, Any] | None) -> tuple[Pairs, _Nodes, Any, torch.dtype]:
+    """The pairs, the nodes, the layout and the accumulation dtype of every edge method."""
+    parallel = _check_family(model, component_map)
+    pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
+                          components=("heads",), component_map=component_map)
+    layout = layout_for(model, component_map)
+    nodes = _Nodes(model, pairs.n_layers, pairs.n_heads, layout.n_kv_heads or pairs.n_heads, parallel, component_map)
+    return pairs, nodes, layout, torch.float64 if model.dtype == torch.float64 else torch.float32
+
+
 @releasing
 def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
                               metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
@@ -162,12 +173,8 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                           "at the corrupted run only. Pass method='eap-ig' with them, or drop them.")
     alphas, weights = quadrature(rule or ("riemann_right" if method == "eap" else "gausslegendre"),
                                  1 if method == "eap" else (5 if n_steps is None else n_steps), "rule")
-    parallel = _check_family(model, component_map)
-    pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
-                          components=("heads",), component_map=component_map)
-    layout = layout_for(model, component_map)
-    nodes = _Nodes(model, pairs.n_layers, pairs.n_heads, layout.n_kv_heads or pairs.n_heads, parallel, component_map)
-    acc = torch.float64 if model.dtype == torch.float64 else torch.float32
+    pairs, nodes, _, acc = setup(model, clean, corrupted, target, contrast, score, metric, component_map)
+    parallel = nodes.parallel
     items = torch.arange(pairs.n_pairs)
     clean_values, m_clean = _run(pairs, nodes, pairs.clean, items, None, grad=False)
     corrupted_values, m_corrupted = _run(pairs, nodes, pairs.corrupted, items, None, grad=False)

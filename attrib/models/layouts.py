@@ -45,6 +45,8 @@ class Layout:
     n_heads: int | None = None     # read from the config when None
     n_kv_heads: int | None = None
     flat_mlp: bool = False         # the MLP runs on (batch · positions, hidden) rows (OPT)
+    ln_attn: str | None = None     # the norm the attention reads the residual stream through (None: none)
+    ln_mlp: str | None = None      # the norm the MLP reads it through
 
     def heads_of(self, module: torch.nn.Module) -> "Layout":
         """This layout with the head counts read from ``module``'s config (when not given)."""
@@ -64,19 +66,22 @@ def _first_int(config: Any, *names: str) -> int | None:
 
 
 _LLAMA = dict(embed="model.embed_tokens", layers="model.layers", attn="self_attn", mlp="mlp",
-              o_proj="self_attn.o_proj", qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+              o_proj="self_attn.o_proj", qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+              ln_attn="input_layernorm", ln_mlp="post_attention_layernorm")
 
 LAYOUTS: dict[str, Layout] = {
     "gpt2": Layout("gpt2", "transformer.h", "transformer.wte", "attn", "mlp", "attn.c_proj", ("attn.c_attn",),
-                   "concat"),
+                   "concat", ln_attn="ln_1", ln_mlp="ln_2"),
     "gpt_neox": Layout("gpt_neox", "gpt_neox.layers", "gpt_neox.embed_in", "attention", "mlp", "attention.dense",
-                       ("attention.query_key_value",), "per_head"),
+                       ("attention.query_key_value",), "per_head", ln_attn="input_layernorm",
+                       ln_mlp="post_attention_layernorm"),
     **{family: Layout(family, **_LLAMA) for family in
        ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")},
     "phi3": Layout("phi3", "model.layers", "model.embed_tokens", "self_attn", "mlp", "self_attn.o_proj",
-                   ("self_attn.qkv_proj",), "concat"),
+                   ("self_attn.qkv_proj",), "concat", ln_attn="input_layernorm", ln_mlp="post_attention_layernorm"),
     "opt": Layout("opt", "model.decoder.layers", "model.decoder.embed_tokens", "self_attn", "fc2",
-                  "self_attn.out_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), flat_mlp=True),
+                  "self_attn.out_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), flat_mlp=True,
+                  ln_attn="self_attn_layer_norm", ln_mlp="final_layer_norm"),
     "bert": Layout("bert", "bert.encoder.layer", "bert.embeddings.word_embeddings", "attention.output.dense",
                    "output.dense", "attention.output.dense",
                    ("attention.self.query", "attention.self.key", "attention.self.value")),
@@ -86,6 +91,8 @@ LAYOUTS: dict[str, Layout] = {
 }
 LAYOUTS["roberta"] = replace(LAYOUTS["bert"], family="roberta", layers="roberta.encoder.layer",
                              embed="roberta.embeddings.word_embeddings")
+for _family in ("gemma2", "gemma3_text", "gemma3"):     # a norm before and after each sublayer
+    LAYOUTS[_family] = replace(LAYOUTS[_family], ln_mlp="pre_feedforward_layernorm")
 LAYOUTS["gemma3"] = replace(LAYOUTS["gemma3"], layers="model.language_model.layers",
                             embed="model.language_model.embed_tokens")
 
@@ -151,7 +158,7 @@ def layout_of(module: torch.nn.Module) -> Layout:
 
 
 _MAP_KEYS = ("layers", "embed", "attn", "mlp", "o_proj", "out_proj", "qkv", "fused", "n_heads", "n_kv_heads",
-             "flat_mlp")
+             "flat_mlp", "ln_attn", "ln_mlp")
 
 
 def from_map(module: torch.nn.Module, component_map: Mapping[str, Any]) -> Layout:

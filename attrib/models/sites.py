@@ -150,13 +150,16 @@ class Site:
 
     def write(self, model: Model, value: torch.Tensor) -> None:
         """Replace the site's value in the running trace (right after reading it, in execution order)."""
-        envoy = self.envoy(model)
         full = self.module_value(model)
-        new = self.put(full, value.to(full.dtype))
+        self.write_module_value(model, self.put(full, value.to(full.dtype)))
+
+    def write_module_value(self, model: Model, full: torch.Tensor) -> None:
+        """Replace the whole tensor of the site's module (not only the site's part of it)."""
+        envoy = self.envoy(model)
         if self.kind == "input":
-            envoy.input = new
+            envoy.input = full
         else:
-            envoy.output = replace_first(envoy.output, new)
+            envoy.output = replace_first(envoy.output, full)
 
 
 def _batch_positions() -> tuple[int, int]:

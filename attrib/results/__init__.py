@@ -17,14 +17,15 @@ from ..errors import ResultFileError
 from . import files
 from .attribution import Attribution
 from .base import Result
+from .faithfulness import Faithfulness
 from .graph import Graph
 from .patching import PatchingResult
 from .profile import PathProfile
 
-__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "Graph", "load"]
+__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "Graph", "Faithfulness", "load"]
 
 _KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult, PathProfile,
-                                                                       Graph)}
+                                                                       Graph, Faithfulness)}
 
 
 def load(path: str | os.PathLike) -> Result:

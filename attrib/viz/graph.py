@@ -65,3 +65,20 @@ def graph_figure(edges: Sequence[tuple[str, str, float]], senders: Sequence[str]
     ax.set_ylabel("layer")
     ax.set_title(title if title is not None else f"{len(edges)} edges")
     return fig
+
+
+def faithfulness_figure(sizes: Sequence[int], recovered: Sequence[float], method: str, n_edges: int, *,
+                        title: str | None = None, figsize: tuple[float, float] | None = None) -> Any:
+    """Share of the behaviour recovered against circuit size (edges)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=figsize or (6.0, 4.0), layout="constrained")
+    ax.plot(list(sizes), list(recovered), marker="o", label=method)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    positive = [k for k in sizes if k > 0]
+    if positive and max(positive) >= 10 * min(positive):
+        ax.set_xscale("symlog", linthresh=max(1, min(positive)))
+    ax.set_xlabel(f"circuit size (edges of {n_edges})")
+    ax.set_ylabel("share of the metric recovered")
+    ax.set_title(title if title is not None else f"faithfulness of {method} circuits")
+    ax.legend()
+    return fig
