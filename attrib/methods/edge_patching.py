@@ -46,19 +46,28 @@ __all__ = ["edge_patching", "circuit_faithfulness"]
 
 class _Plan:
     """What one batched forward patches: row b is pair ``items[b]`` whose edges ``mask[b]`` (senders × receivers)
-    read the sender values of ``source`` (senders, pairs, positions, hidden) instead of this run's."""
+    read the sender values of ``source`` (senders, pairs, positions, hidden) instead of this run's. The senders'
+    differences (source − this run) are kept as the forward produces them, in model order."""
 
     def __init__(self, items: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> None:
         self.items, self.mask, self.source = items, mask, source
+        self.diff: torch.Tensor | None = None
+        self.n = 0
 
-    def correction(self, current: list[torch.Tensor], receiver: int) -> torch.Tensor | None:
+    def add(self, value: torch.Tensor) -> None:
+        """The next sender's value in this run, (rows, positions, hidden)."""
+        if self.diff is None:
+            self.diff = torch.zeros((self.source.shape[0], len(self.items), *value.shape[1:]), dtype=self.source.dtype,
+                                    device=value.device)
+        self.diff[self.n] = self.source[self.n][self.items.to(self.source.device)].to(value.device) - value
+        self.n += 1
+
+    def correction(self, receiver: int) -> torch.Tensor | None:
         """(rows, positions, hidden) to add to what ``receiver`` reads, or None when no row patches it."""
-        m = self.mask[:, :len(current), receiver]                                # (rows, senders so far)
-        if not bool(m.any()):
+        m = self.mask[:, :self.n, receiver]                                       # (rows, senders so far)
+        if self.diff is None or not bool(m.any()):
             return None
-        now = torch.stack(current)                                               # (senders, rows, T, d)
-        diff = self.source[:len(current)][:, self.items] - now.to(self.source.dtype)
-        return torch.einsum("bs,sbtd->btd", m.to(diff.dtype), diff)
+        return torch.einsum("bs,sbtd->btd", m.to(self.diff.dtype).to(self.diff.device), self.diff[:self.n])
 
 
 def _values(pairs: Pairs, nodes: _Nodes, model: Model, inputs: Inputs, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +97,10 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
     norm = lambda l, path, kind: Site(f"{path}.{l}", f"{base}.{l}.{path}", kind, l) if path else None  # noqa: E731
     receivers = {name: i for i, name in enumerate(nodes.receivers)}
     with torch.no_grad(), model.trace(*args, **kwargs):
-        current: list[torch.Tensor] = []
         for l in nodes.layers:
             resid = nodes.resid[l].read(model)
             if l == 0:
-                current.append(resid.to(plan.source.dtype))
+                plan.add(resid.to(plan.source.dtype))
             ln = model.module.get_submodule(f"{base}.{l}.{layout.ln_attn}") if layout.ln_attn else (lambda x: x)
             written: dict[int, torch.Tensor] = {}                  # module value id -> its new full value
             for k, where in zip("qkv", nodes.qkv[l]):
@@ -101,7 +109,7 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
                 part = where.take(full).clone()
                 for h in range(part.shape[2]):
                     name = f"L{l}H{h}.{k}" if f"L{l}H{h}.{k}" in receivers else f"L{l}KV{h}.{k}"
-                    fix = plan.correction(current, receivers[name])
+                    fix = plan.correction(receivers[name])
                     if fix is not None:
                         part[:, :, h] = where.take(module(ln(resid + fix.to(resid.dtype))))[:, :, h]
                 new = where.put(full, part)
@@ -109,8 +117,9 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
                 if k == "v" or where.path != nodes.qkv[l][("qkv".index(k) + 1) % 3].path:
                     where.write_module_value(model, new)           # a fused module is written once, after v
             z = nodes.z[l].read(model)
-            current.extend(head_outputs(model, nodes.z[l], z.to(plan.source.dtype)).permute(2, 0, 1, 3))
-            fix = plan.correction(current, receivers[f"M{l}"])
+            for head in head_outputs(model, nodes.z[l], z.to(plan.source.dtype)).permute(2, 0, 1, 3):
+                plan.add(head)
+            fix = plan.correction(receivers[f"M{l}"])
             if fix is not None and layout.ln_mlp:        # the MLP reads ln_mlp(stream + fix)
                 into, out = norm(l, layout.ln_mlp, "input"), norm(l, layout.ln_mlp, "output")
                 x = into.read(model)
@@ -121,8 +130,8 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
                 x = into.read(model)
                 into.write(model, x + fix.to(x.dtype).reshape(x.shape))
             mlp = nodes.mlp[l].module_value(model)
-            current.append(mlp.reshape(resid.shape).to(plan.source.dtype))
-        fix = plan.correction(current, receivers["logits"])
+            plan.add(mlp.reshape(resid.shape).to(plan.source.dtype))
+        fix = plan.correction(receivers["logits"])
         if fix is not None:
             last = nodes.last.read(model)
             nodes.last.write(model, last + fix.to(last.dtype))
