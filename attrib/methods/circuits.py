@@ -38,7 +38,7 @@ import torch
 from ..core.model import Model
 from ..core.release import releasing
 from ..errors import MethodError
-from ..models.sites import Site, head_outputs, layout_for, site
+from ..models.sites import Site, head_outputs, in_out, layout_for, site
 from ..results import Graph
 from .inputs import check_batch_size, check_grad_mode
 from .pairs import Pairs, prepare_pairs
@@ -77,6 +77,13 @@ class _Nodes:
         self.mlp = [at("mlp_out", l) for l in self.layers]
         self.qkv = [[at(k, l) for k in "qkv"] for l in self.layers]
         self.last = at("resid_post", n_layers - 1)
+        layout = layout_for(model, component_map)
+        # what the q/k/v projections read: the attention's norm output (the stream itself without a norm)
+        self.ln = [Site(f"ln_attn.{l}", f"{layout.layers}.{l}.{layout.ln_attn}", "output", l) if layout.ln_attn
+                   else self.resid[l] for l in self.layers]
+        # what each MLP reads the stream through: its norm's input (the MLP's own input without a norm)
+        self.mlp_in = [Site(f"ln_mlp_in.{l}", f"{layout.layers}.{l}.{layout.ln_mlp}", "input", l) if layout.ln_mlp
+                       else Site(f"mlp_in.{l}", self.mlp[l].path, "input", l) for l in self.layers]
         self.n_heads, self.n_kv, self.parallel = n_heads, n_kv, parallel
         # where each node writes or reads: embed −1, attention of layer l at 2l, its MLP at 2l + 1 (2l if parallel)
         mlp_at = (lambda l: 2 * l) if parallel else (lambda l: 2 * l + 1)
@@ -94,9 +101,13 @@ class _Nodes:
         if parallel:                 # an MLP reading the layer input reads what the attention of its layer did not
             self.edges &= ~((torch.tensor(send_at)[:, None] == torch.tensor(read_at)[None, :]))
 
+    def sender_reads(self) -> list[Site]:
+        """The sites that give the senders' values, in model order."""
+        return [self.resid[0], *[s for l in self.layers for s in (self.z[l], self.mlp[l])]]
+
     def reads(self) -> list[Site]:
-        unique = {s: None for l in self.layers for s in (self.resid[l], *self.qkv[l], self.z[l], self.attn[l],
-                                                          self.mlp[l])}
+        unique = {s: None for l in self.layers for s in (self.resid[l], self.ln[l], *self.qkv[l], self.z[l],
+                                                          self.attn[l], self.mlp_in[l], self.mlp[l])}
         return [*unique, self.last]
 
 
@@ -114,35 +125,38 @@ def _senders(nodes: _Nodes, model: Model, clean: dict[Site, torch.Tensor], corru
     return torch.cat(rows)
 
 
-def _receivers(nodes: _Nodes, values: dict[Any, torch.Tensor], metric: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(receivers, rows, positions, hidden): the metric's gradient at the residual stream as each receiver reads
-    it, from the corrupted (or interpolated) run's graph, in the order of ``nodes.receivers``."""
-    projections = list(dict.fromkeys(id(values[w]) for l in nodes.layers for w in nodes.qkv[l]))
+def _receivers(nodes: _Nodes, model: Model, values: dict[Any, torch.Tensor], metric: torch.Tensor,
+               reduce: Callable[[torch.Tensor], torch.Tensor], acc: torch.dtype) -> torch.Tensor:
+    """(receivers, pairs, positions, hidden): the metric's gradient at the residual stream as each receiver reads
+    it, from the run's graph, each row's weighted by ``reduce`` into its pair, in the order of ``nodes.receivers``.
+
+    A head's query (key, value) reads the stream through the norm and its slice of the projection: the
+    gradient at its slice, times that slice of the weight, gives the gradient at the norm's output (all heads in
+    one product), and one batched vector-Jacobian product of the norm gives the stream's."""
+    modules = list(dict.fromkeys(id(values[w]) for l in nodes.layers for w in nodes.qkv[l]))
     by_id = {id(values[w]): values[w] for l in nodes.layers for w in nodes.qkv[l]}
-    wanted = [by_id[i] for i in projections] + [values[nodes.mlp[l]] for l in nodes.layers] + [values[nodes.last]]
+    wanted = [by_id[i] for i in modules] + [values[nodes.mlp_in[l]] for l in nodes.layers] + [values[nodes.last]]
     grads = torch.autograd.grad(metric.sum(), wanted, retain_graph=True, allow_unused=True)
-    grad_of = dict(zip(projections, grads))
+    grad_of = dict(zip(modules, grads))
     out: list[torch.Tensor] = []
     for l in nodes.layers:
-        # one cotangent per receiver: the metric's gradient at one head's q, k or v, zero elsewhere in the module
-        per_module: dict[int, list[torch.Tensor]] = {}
+        heads = []
         for where in nodes.qkv[l]:
             full = values[where]
             g = grad_of[id(full)]
-            part = where.take(torch.zeros_like(full) if g is None else g)     # (rows, positions, heads, d_head)
-            for h in range(part.shape[2]):
-                only = torch.zeros_like(part)
-                only[:, :, h] = part[:, :, h]
-                per_module.setdefault(id(full), []).append(where.put(torch.zeros_like(full), only))
-        resid = values[nodes.resid[l]]
-        for module_id, cotangents in per_module.items():      # q, k, v in order (or one fused module)
-            vjp = torch.autograd.grad(by_id[module_id], resid, torch.stack(cotangents), retain_graph=True,
-                                      is_grads_batched=True)[0]
-            out.extend(v.to(acc) for v in vjp)
-        mlp_in = resid if nodes.parallel else values[nodes.attn[l]]
-        out.append(torch.autograd.grad(values[nodes.mlp[l]], mlp_in, grads[len(projections) + l],
-                                       retain_graph=True)[0].to(acc))
-    out.append(grads[-1].to(acc))
+            g = where.take(torch.zeros_like(full) if g is None else g)           # (rows, positions, heads, d_head)
+            weight = where.take(in_out(model.module.get_submodule(where.path)))  # (in, heads, d_head)
+            heads.append(torch.einsum("bthk,ihk->hbti", g, weight.to(g.dtype)))  # at the norm's output
+        at_norm = torch.cat(heads)                                           # (receivers of the layer, rows, T, d)
+        if nodes.ln[l] is nodes.resid[l]:
+            stream = at_norm
+        else:
+            stream = torch.autograd.grad(values[nodes.ln[l]], values[nodes.resid[l]], at_norm, retain_graph=True,
+                                         is_grads_batched=True)[0]
+        out.extend(reduce(v.to(acc)) for v in stream)
+        g_mlp = grads[len(modules) + l]
+        out.append(reduce(g_mlp.reshape(values[nodes.resid[l]].shape).to(acc)))
+    out.append(reduce(grads[-1].to(acc)))
     return torch.stack(out)
 
 
@@ -174,25 +188,41 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
     alphas, weights = quadrature(rule or ("riemann_right" if method == "eap" else "gausslegendre"),
                                  1 if method == "eap" else (5 if n_steps is None else n_steps), "rule")
     pairs, nodes, _, acc = setup(model, clean, corrupted, target, contrast, score, metric, component_map)
-    parallel = nodes.parallel
-    items = torch.arange(pairs.n_pairs)
-    clean_values, m_clean = _run(pairs, nodes, pairs.clean, items, None, grad=False)
-    corrupted_values, m_corrupted = _run(pairs, nodes, pairs.corrupted, items, None, grad=False)
+    n = pairs.n_pairs
+    everyone = torch.arange(n)
+    clean_values, m_clean = _run(pairs, nodes, pairs.clean, everyone, None, grad=False)
+    eap = len(alphas) == 1 and alphas[0] == 1.0        # the gradient at the corrupted run: its values come with it
+    corrupted_values, m_corrupted = (None, None) if eap else _run(pairs, nodes, pairs.corrupted, everyone, None,
+                                                                  grad=False)
+    first_clean = clean_values[nodes.resid[0]]
+    # every (point, pair) is a row of the gradient passes, ``batch_size`` rows at a time (None: all)
+    plan = [(alpha, weight, p) for alpha, weight in zip(alphas, weights) for p in range(n)]
+    size = batch_size or len(plan)
+    grads = None
+    for begin in range(0, len(plan), size):
+        chunk = plan[begin:begin + size]
+        items = torch.tensor([p for _, _, p in chunk])
+        rows_weight = torch.tensor([w for _, w, _ in chunk], dtype=acc)
+        start = None if eap else torch.stack([first_clean[p] + a * (corrupted_values[nodes.resid[0]][p] - first_clean[p])
+                                              for a, _, p in chunk])                  # α = 1: the corrupted run
+        values, m_rows = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
+        if eap:
+            corrupted_values, m_corrupted = {k: v.detach() for k, v in values.items() if k != "metric"}, m_rows
+        pair_of, weight_of = items.to(first_clean.device), rows_weight.to(first_clean.device)
+
+        def reduce(v: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
+            return out.index_add_(0, pair_of, v.detach() * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1)))
+
+        part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)        # (R, pairs, T, d)
+        grads = part if grads is None else grads + part
+        del values
     with torch.no_grad():
-        deltas = _senders(nodes, model, clean_values, corrupted_values, acc)   # (S, rows, T, d)
-    first_clean, first_corrupted = clean_values[nodes.resid[0]], corrupted_values[nodes.resid[0]]
-    del clean_values, corrupted_values
-    total = torch.zeros(len(nodes.senders), len(nodes.receivers), dtype=acc)
-    for alpha, weight in zip(alphas, weights):
-        start = first_clean + alpha * (first_corrupted - first_clean)          # α = 1: the corrupted run
-        values, _ = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
-        metric_rows = values.pop("metric")
-        grads = _receivers(nodes, values, metric_rows, acc)                     # (R, rows, T, d)
-        total += weight * torch.einsum("sbtd,rbtd->sr", deltas, grads.detach()) / pairs.n_pairs
-        del values, grads
-    scores = total.detach().masked_fill(~nodes.edges, 0.0).cpu()
+        deltas = _senders(nodes, model, clean_values, corrupted_values, acc)           # (S, pairs, T, d)
+        total = torch.einsum("sbtd,rbtd->sr", deltas, grads) / n
+    scores = total.masked_fill(~nodes.edges.to(total.device), 0.0).cpu()
     info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
-            "pairs": pairs.n_pairs, "parallel_residual": parallel}
+            "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size}
     return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
                  pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info)
 
@@ -205,11 +235,14 @@ def _run(pairs: Pairs, nodes: _Nodes, inputs: Any, items: torch.Tensor, start: t
     rows = items.to(inputs.x.device)
     args, kwargs = inputs.call(rows)
     values: dict[Any, torch.Tensor] = {}
+    wanted = nodes.reads() if grad else nodes.sender_reads()
     with torch.enable_grad() if grad else torch.no_grad(), model.trace(*args, **kwargs):
-        for where in nodes.reads():
+        for where in wanted:
             if where is nodes.resid[0] and grad:
                 first = (start if start is not None else where.read(model)).detach().requires_grad_(True)
                 where.write(model, first)
+            elif grad and where in nodes.mlp_in:       # a node of its own: its gradient is the MLP path's alone
+                where.write(model, where.read(model).clone())
             values[where] = where.module_value(model).save()
         metric = inputs.scores(model.output, rows).sum(-1).save()
     if grad:

@@ -233,13 +233,13 @@ def _named(model: Model, kind: str, layer: int, layout: Layout) -> Site:
     if layout.fused == "per_head":
         return Site(name, fused, "output", layer, part=("per_head", which, layout.n_heads))
     width = model.module.get_submodule(f"{base}.{layout.o_proj}")
-    d_head = _in_out(width).shape[0] // layout.n_heads
+    d_head = in_out(width).shape[0] // layout.n_heads
     sizes = [layout.n_heads * d_head, layout.n_kv_heads * d_head, layout.n_kv_heads * d_head]
     start = sum(sizes[:which])
     return Site(name, fused, "output", layer, heads=n_heads, part=("concat", start, start + sizes[which]))
 
 
-def _in_out(module: torch.nn.Module) -> torch.Tensor:
+def in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as (in features, out features): GPT-2's Conv1D stores it so, nn.Linear transposed."""
     return module.weight if type(module).__name__ == "Conv1D" else module.weight.T
 
@@ -285,7 +285,7 @@ def head_outputs(model: Model, z_site: Site, z: torch.Tensor) -> torch.Tensor:
     ``z.L`` site (..., heads, head dim): the heads' slices of the output projection applied one by one. They
     sum to the attention output before the projection's bias."""
     proj = model.module.get_submodule(z_site.path)
-    weight = _in_out(proj)                                                               # (H·dh, hidden)
+    weight = in_out(proj)                                                               # (H·dh, hidden)
     per_head = rearrange(weight, "(h d) o -> h d o", h=z.shape[-2])
     return torch.einsum("...hd,hdo->...ho", z.to(weight.dtype), per_head)
 
