@@ -32,7 +32,7 @@ from ..models.sites import Site, layout_for, schedule, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_finite_inputs, prepare
 
-__all__ = ["Pairs", "prepare_pairs", "COMPONENTS", "EXTRA", "HEADED", "SITE_OF", "DIRECTIONS", "Key"]
+__all__ = ["Pairs", "prepare_pairs", "ordered", "COMPONENTS", "EXTRA", "HEADED", "SITE_OF", "DIRECTIONS", "Key"]
 
 COMPONENTS = ("resid", "attn", "mlp", "heads")              # the default components
 EXTRA = ("q", "k", "v", "q_rot", "k_rot", "pattern")        # asked for by name (attrib.models.sites)
@@ -77,8 +77,7 @@ class Pairs:
         return (self.clean, self.corrupted) if self.direction == "denoise" else (self.corrupted, self.clean)
 
     def ordered(self, keys: Iterable[Key]) -> list[Key]:
-        by_site = {self.sites[k]: k for k in keys}
-        return [by_site[s] for s in schedule(by_site)]
+        return ordered(self.sites, keys)
 
     def shape(self, component: str) -> tuple[int, ...]:
         """One pair's score shape: (layers, positions), or (layers, heads, positions) for heads."""
@@ -111,6 +110,12 @@ class Pairs:
         return PatchingResult(mean, list(self.clean.labels[longest]), self.positions, method, self.direction,
                               float(m_clean.mean()), float(m_corr.mean()), target, dict(info, pairs=self.n_pairs),
                               per_pair=per_pair, pairs=pairs)
+
+
+def ordered(sites: Mapping[Key, Site], keys: Iterable[Key]) -> list[Key]:
+    """``keys`` in the order the model computes their sites."""
+    by_site = {sites[k]: k for k in keys}
+    return [by_site[s] for s in schedule(by_site)]
 
 
 def components_of(components: Iterable[str] | str) -> tuple[str, ...]:

@@ -62,18 +62,21 @@ from ..errors import MethodError
 from ..models.sites import Site, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_grad_mode
-from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, prepare_pairs
+from . import atp_star as star
+from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, ordered, prepare_pairs
 
 __all__ = ["attribution_patching", "activation_patching", "COMPONENTS", "DIRECTIONS"]
 
 
-def _collect(pairs: Pairs, inputs: Inputs, keys: Sequence[Key], items: torch.Tensor
-             ) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
-    """One no-grad forward of the rows ``items``: the component values at ``keys`` and the metric (rows,)."""
+def _collect(pairs: Pairs, inputs: Inputs, keys: Sequence[Key], items: torch.Tensor,
+             sites: Mapping[Key, Site] | None = None) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
+    """One no-grad forward of the rows ``items``: the values at ``keys`` (of ``sites``, by default the
+    components') and the metric (rows,)."""
     model = pairs.model
+    sites = pairs.sites if sites is None else sites
     args, kwargs = inputs.call(items.to(inputs.x.device))
     with torch.no_grad(), model.trace(*args, **kwargs):
-        values = {key: pairs.sites[key].read(model).save() for key in pairs.ordered(keys)}
+        values = {key: sites[key].read(model).save() for key in ordered(sites, keys)}
         metric = inputs.scores(model.output, items.to(inputs.x.device)).sum(-1).save()
     return values, metric.double().cpu()
 
@@ -130,7 +133,8 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
                          components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
                          component_map: Mapping[str, Any] | None = None,
                          positions: int | Sequence[int] | None = None,
-                         batch_size: int | None = None) -> PatchingResult:
+                         batch_size: int | None = None, qk_fix: bool = False,
+                         grad_drop: bool = False) -> PatchingResult:
     """Attribution patching (Nanda 2023; AtP, Kramár et al. 2024): estimate every patch from one forward on
     each prompt and one backward.
 
@@ -149,7 +153,10 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     pair's (:mod:`attrib.methods.pairs`). ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the
     corrupted run; ``noise``: (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints,
     negative from the end) restricts the positions axis; ``component_map`` describes an unknown layout.
-    ``batch_size``: pairs per pass (``None``: all, halved on out-of-memory).
+    ``batch_size``: pairs per pass (``None``: all, halved on out-of-memory). AtP*'s fixes
+    (:mod:`attrib.methods.atp_star`): ``qk_fix=True`` recomputes the pattern exactly for the ``q_rot`` /
+    ``k_rot`` components; ``grad_drop=True`` scores every component by the mean |estimate| with each layer's
+    gradient dropped in turn (L more backward passes; a ranking score, no longer signed).
     """
     check_grad_mode("attribution_patching", model)
     batch_size = check_batch_size(batch_size)
@@ -161,7 +168,7 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
                                                                                         dtype=torch.float64)
 
     def run(items: torch.Tensor) -> None:
-        dots, m_source[items], m_receiving[items] = _attribute(pairs, items, component_map)
+        dots, m_source[items], m_receiving[items] = _attribute(pairs, items, component_map, qk_fix, grad_drop)
         index, present = pairs.index[items], pairs.present[items]
         for (c, layer), dot in dots.items():
             at = index if dot.dim() == 2 else index[:, None].expand(-1, dot.shape[1], -1)
@@ -170,36 +177,49 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
 
     size, passes = _chunks(pairs.n_pairs, batch_size, pairs.n_pairs, model.device, run)
     info = {"batch_size": size, "passes": passes} if pairs.batched else {}
+    info.update({"qk_fix": True} if qk_fix else {}, **({"grad_drop": True} if grad_drop else {}))
     return pairs.result("attribution_patching", per_pair, m_source, m_receiving, _score_dtype(model), **info)
 
 
-def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, Any] | None
-               ) -> tuple[dict[Key, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, Any] | None, qk_fix: bool = False,
+               grad_drop: bool = False) -> tuple[dict[Key, torch.Tensor], torch.Tensor, torch.Tensor]:
     """For the pairs ``items``: diff · grad summed over the hidden dimension at every site, (rows, positions) or
-    (rows, heads, positions) over the whole input; the metric on the source and on the receiving prompt."""
+    (rows, heads, positions) over the whole input (AtP*'s fixes when asked: :mod:`attrib.methods.atp_star`);
+    the metric on the source and on the receiving prompt."""
     model = pairs.model
     source, receiving = pairs.source_receiving()
-    keys = list(pairs.sites)
-    other, m_source = _collect(pairs, source, keys, items)
+    sites = {**pairs.sites, **star.extra_sites(model, pairs, qk_fix, grad_drop, component_map)}
+    keys = list(pairs.sites) + [k for k in sites if k[0] in ("q_rot", "k_rot") and k not in pairs.sites]
+    other, m_source = _collect(pairs, source, keys, items, sites)
     acc = _score_dtype(model)
     rows = items.to(receiving.x.device)
     args, kwargs = receiving.call(rows)
-    dots: dict[Key, torch.Tensor] = {}
     first = site(model, "resid_pre.0", component_map)
     with torch.enable_grad(), model.trace(*args, **kwargs):
         # gradients start at the first layer's input, whatever parameters are frozen
         first.write(model, first.read(model).detach().requires_grad_(True))
-        acts = [(key, pairs.sites[key].module_value(model)) for key in pairs.ordered(keys)]
-        for key, act in acts:
-            _by_position(pairs.sites[key], pairs.sites[key].take(act), receiving)
-        m_recv = receiving.scores(model.output, rows).sum(-1)
-        with m_recv.sum().backward():       # each row's metric depends on its own row only: per-row gradients
-            for key, act in reversed(acts):
-                where = pairs.sites[key]
-                diff = other[key].to(act.dtype) - where.take(act.detach())
-                dots[key] = _dot(diff, where.take(act.grad), acc).save()
-        m_recv = m_recv.detach().save()
-    return dots, m_source, m_recv.double().cpu()
+        acts = {key: sites[key].module_value(model).save() for key in ordered(sites, sites)}
+        for key in pairs.sites:
+            _by_position(sites[key], sites[key].take(acts[key]), receiving)
+        m_recv = receiving.scores(model.output, rows).sum(-1).save()
+    wanted = [k for k in acts if k[0] not in ("attn_out", "mlp_out")]
+
+    def estimate(grads: Mapping[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+        out = {}
+        for key in pairs.sites:
+            where = sites[key]
+            diff = other[key].to(acts[key].dtype) - where.take(acts[key].detach())
+            out[key] = _dot(diff, where.take(grads[key]), acc)
+        if qk_fix:
+            out.update(star.qk_estimates(model, pairs, sites, acts, other, grads, kwargs.get("attention_mask"), acc))
+        return out
+
+    total = m_recv.sum()
+    if not grad_drop:
+        dots = estimate(dict(zip(wanted, torch.autograd.grad(total, [acts[k] for k in wanted]))))
+    else:
+        dots = star.grad_drop(total, acts, wanted, pairs.n_layers, estimate)
+    return {k: v.detach() for k, v in dots.items()}, m_source, m_recv.detach().double().cpu()
 
 
 # -- activation patching -------------------------------------------------------------------------
