@@ -2,8 +2,8 @@
 the logits at the top.
 
 >>> from attrib.viz.graph import graph_figure, place
->>> place("L2H1"), place("M2"), place("embed"), place("L3H0.q")
-((1.0, 2.0), ('mlp', 2.5), ('embed', -1.0), (0.0, 3.0))
+>>> place("L2H1"), place("M2"), place("embed"), place("L3H0.q"), place("L3KV1.v")
+((1.0, 2.0), ('mlp', 2.5), ('embed', -1.0), (0.0, 3.0), ('kv1', 2.7))
 >>> fig = graph_figure([("embed", "L1H0.q", 0.5), ("L1H0", "logits", -1.0)], ["embed", "L1H0"], ["L1H0.q", "logits"])
 >>> fig.axes[0].get_title()
 '2 edges'
@@ -19,6 +19,7 @@ from .backend import pyplot
 __all__ = ["graph_figure", "place"]
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)(?:\.[qkv])?$")
+_KV = re.compile(r"^L(\d+)KV(\d+)(?:\.[kv])?$")   # a key/value head under grouped-query attention
 _MLP = re.compile(r"^M(\d+)$")
 
 
@@ -28,6 +29,9 @@ def place(name: str) -> tuple[Any, float]:
     head = _HEAD.match(name)
     if head:
         return float(head.group(2)), float(head.group(1))
+    kv = _KV.match(name)
+    if kv:
+        return f"kv{kv.group(2)}", float(kv.group(1)) - 0.3
     mlp = _MLP.match(name)
     if mlp:
         return "mlp", float(mlp.group(1)) + 0.5
@@ -45,9 +49,17 @@ def graph_figure(edges: Sequence[tuple[str, str, float]], senders: Sequence[str]
     layers = [place(n)[1] for n in list(senders) + list(receivers) if place(n)[1] not in (float("inf"), -1.0)]
     top = max(layers, default=0.0) + 1.0
 
+    kv_groups = {place(n)[0] for n in receivers if str(place(n)[0]).startswith("kv")}
+    group = n_heads / max(1, len(kv_groups))
+
     def xy(name: str) -> tuple[float, float]:
         column, height = place(name)
-        x = column if isinstance(column, float) else (n_heads if column == "mlp" else (n_heads - 1) / 2)
+        if isinstance(column, float):
+            x = column
+        elif column.startswith("kv"):                  # centred under the query heads it serves
+            x = (int(column[2:]) + 0.5) * group - 0.5
+        else:
+            x = n_heads if column == "mlp" else (n_heads - 1) / 2
         return x, (top if height == float("inf") else height)
 
     fig, ax = plt.subplots(figsize=figsize or (max(6.0, 0.6 * n_heads + 2), max(4.0, 0.35 * top + 2)),
@@ -60,7 +72,9 @@ def graph_figure(edges: Sequence[tuple[str, str, float]], senders: Sequence[str]
     for name in sorted({n.split(".")[0] for n in names}):
         x, y = xy(name)
         ax.scatter([x], [y], s=60, color="white", edgecolors="black", zorder=2)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        below = _KV.match(name) is not None               # key/value heads sit just under their layer's heads
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, -11 if below else 6), ha="center",
+                    fontsize=7)
     ax.set_xlabel("head (MLP on the right)")
     ax.set_ylabel("layer")
     ax.set_title(title if title is not None else f"{len(edges)} edges")
