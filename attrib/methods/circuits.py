@@ -176,8 +176,11 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                               metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
                               method: str = "eap", n_steps: int | None = None, rule: str | None = None,
                               component_map: Mapping[str, Any] | None = None,
-                              batch_size: int | None = None) -> Graph:
-    """Edge scores from every sender to every receiver (see the module docstring); a :class:`~attrib.Graph`."""
+                              batch_size: int | None = None, per_position: bool = False) -> Graph:
+    """Edge scores from every sender to every receiver (see the module docstring); a :class:`~attrib.Graph`.
+    ``per_position=True`` also keeps each edge's score per position of the longest prompt (prompts aligned at
+    their last token, as in the patchings), which sums to the edge's score; ``batch_size``: rows (points ×
+    pairs) per gradient pass."""
     check_grad_mode("edge_attribution_patching", model)
     batch_size = check_batch_size(batch_size)
     if method not in METHODS:
@@ -219,12 +222,23 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
         del values
     with torch.no_grad():
         deltas = _senders(nodes, model, clean_values, corrupted_values, acc)           # (S, pairs, T, d)
-        total = torch.einsum("sbtd,rbtd->sr", deltas, grads) / n
+        if per_position:
+            by_position = torch.einsum("sbtd,rbtd->srt", deltas, grads) / n
+            by_position = by_position.masked_fill(~nodes.edges.to(by_position.device)[..., None], 0.0)
+            total = by_position.sum(-1)
+        else:
+            total = torch.einsum("sbtd,rbtd->sr", deltas, grads) / n
     scores = total.masked_fill(~nodes.edges.to(total.device), 0.0).cpu()
+    positions = None
+    if per_position:                      # the prompt's positions only (never the target's continuation)
+        positions = by_position[..., :pairs.clean.n_prompt].cpu()
+        positions = positions[..., positions.shape[-1] - pairs.length:]
     info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
             "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size}
+    longest = next(i for i, labels in enumerate(pairs.clean.labels) if len(labels) == pairs.length)
     return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
-                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info)
+                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info, positions,
+                 list(pairs.clean.labels[longest]) if per_position else None)
 
 
 def _run(pairs: Pairs, nodes: _Nodes, inputs: Any, items: torch.Tensor, start: torch.Tensor | None,

@@ -204,12 +204,16 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
         m_recv = receiving.scores(model.output, rows).sum(-1).save()
     wanted = [k for k in acts if k[0] not in ("attn_out", "mlp_out")]
 
+    width = receiving.x.shape[1]
+
+    def take(key: Key, t: torch.Tensor) -> torch.Tensor:      # outside the trace: unflatten (rows · positions) rows
+        return sites[key].take(t.view(len(rows), width, -1) if sites[key].flat and t.dim() == 2 else t)
+
     def estimate(grads: Mapping[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
         out = {}
         for key in pairs.sites:
-            where = sites[key]
-            diff = other[key].to(acts[key].dtype) - where.take(acts[key].detach())
-            out[key] = _dot(diff, where.take(grads[key]), acc)
+            diff = other[key].to(acts[key].dtype) - take(key, acts[key].detach())
+            out[key] = _dot(diff, take(key, grads[key]), acc)
         if qk_fix:
             out.update(star.qk_estimates(model, pairs, sites, acts, other, grads, kwargs.get("attention_mask"), acc))
         return out

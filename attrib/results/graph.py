@@ -12,7 +12,7 @@
 Senders are the input embeddings (``embed``), every attention head's output (``L{layer}H{head}``) and every
 MLP's output (``M{layer}``); receivers are every head's query, key and value input (``L{layer}H{head}.q`` …),
 every MLP's input (``M{layer}``) and the logits. ``scores[s, r]`` is the score of the edge from sender ``s``
-to receiver ``r``; ``edges[s, r]`` says whether that edge exists (the receiver reads the sender's output:
+to receiver ``r`` (``per_position[s, r, t]`` by position when asked); ``edges[s, r]`` says whether that edge exists (the receiver reads the sender's output:
 it comes later in the model). A score estimates metric(corrupted run with that edge's sender value restored
 to the clean one, for that receiver only) − metric(corrupted run).
 """
@@ -50,9 +50,15 @@ class Graph(Result):
     metric_clean: float
     metric_corrupted: float
     info: dict[str, Any] = field(default_factory=dict)
+    per_position: torch.Tensor | None = None   # (senders, receivers, positions) when asked; they sum to scores
+    tokens: list[str] | None = None            # the positions' labels (the longest prompt's)
 
     def __post_init__(self) -> None:
         want = (len(self.senders), len(self.receivers))
+        if self.per_position is not None and (self.tokens is None or tuple(self.per_position.shape) !=
+                                              (*want, len(self.tokens))):
+            raise InputError(f"Graph per_position must be a tensor of shape {(*want, 'positions')} with one token "
+                             "label per position in tokens.")
         for name, t in (("scores", self.scores), ("edges", self.edges)):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -119,17 +125,19 @@ class Graph(Result):
         return graph_figure(self.top(k), self.senders, self.receivers, **overrides)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {"scores": self.scores, "edges": self.edges}
+        extra = {} if self.per_position is None else {"per_position": self.per_position}
+        return {"scores": self.scores, "edges": self.edges, **extra}
 
     def _meta(self) -> dict[str, Any]:
         return {"senders": list(self.senders), "receivers": list(self.receivers), "method": self.method,
                 "target": self.target, "metric_clean": self.metric_clean,
-                "metric_corrupted": self.metric_corrupted, "info": self.info}
+                "metric_corrupted": self.metric_corrupted, "info": self.info, "tokens": self.tokens}
 
     @classmethod
     def _build(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> "Graph":
         return cls(meta["senders"], meta["receivers"], tensors["scores"], tensors["edges"].bool(), meta["method"],
-                   meta["target"], meta["metric_clean"], meta["metric_corrupted"], meta["info"])
+                   meta["target"], meta["metric_clean"], meta["metric_corrupted"], meta["info"],
+                   tensors.get("per_position"), meta.get("tokens"))
 
     def __str__(self) -> str:
         top = "  ".join(f"{s}→{r} {v:+.3f}" for s, r, v in self.top(3))

@@ -190,3 +190,23 @@ def test_single_edges_equal_a_hand_written_gpt2_computation():
         assert math.isclose(graph.score(s, r), float(value), rel_tol=1e-9, abs_tol=1e-13), (s, r)
     assert all(abs(float(v)) > 1e-6 for v in want.values())
     assert d == hf.config.n_embd
+
+
+def test_per_position_scores_sum_to_the_edge_scores(tmp_path):
+    model = build("llama")
+    clean = [CLEAN[0].tolist(), [3, 4, 5, 6]]
+    corrupted = [CORRUPTED[0].tolist(), [3, 8, 5, 6]]
+    graph = edge_attribution_patching(model, clean, corrupted, target=[[7], [9]], per_position=True)
+    assert graph.per_position.shape == (len(graph.senders), len(graph.receivers), 6) and len(graph.tokens) == 6
+    torch.testing.assert_close(graph.per_position.sum(-1), graph.scores, rtol=1e-9, atol=1e-12)
+    alone = edge_attribution_patching(model, torch.tensor([clean[1]]), torch.tensor([corrupted[1]]), target=9,
+                                      per_position=True)
+    first = edge_attribution_patching(model, torch.tensor([clean[0]]), torch.tensor([corrupted[0]]), target=7,
+                                      per_position=True)
+    # the 4-token pair sits at the last 4 positions of the longest prompt: the mean of the two pairs there
+    torch.testing.assert_close(graph.per_position[..., 2:], (first.per_position[..., 2:] + alone.per_position) / 2,
+                               rtol=1e-9, atol=1e-12)
+    path = tmp_path / "g.safetensors"
+    graph.save(path)
+    back = attrib.load(path)
+    assert torch.equal(back.per_position, graph.per_position) and back.tokens == graph.tokens
