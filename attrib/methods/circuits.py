@@ -217,7 +217,8 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
             out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
             return out.index_add_(0, pair_of, v.detach() * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1)))
 
-        part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)        # (R, pairs, T, d)
+        with torch.enable_grad():          # the caller may be under torch.no_grad(): the sum joins the graph
+            part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)    # (R, pairs, T, d)
         grads = part if grads is None else grads + part
         del values
     with torch.no_grad():

@@ -218,7 +218,8 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
             out.update(star.qk_estimates(model, pairs, sites, acts, other, grads, kwargs.get("attention_mask"), acc))
         return out
 
-    total = m_recv.sum()
+    with torch.enable_grad():                  # the caller may be under torch.no_grad()
+        total = m_recv.sum()
     if not grad_drop:
         dots = estimate(dict(zip(wanted, torch.autograd.grad(total, [acts[k] for k in wanted]))))
     else:

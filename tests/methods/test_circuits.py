@@ -210,3 +210,16 @@ def test_per_position_scores_sum_to_the_edge_scores(tmp_path):
     graph.save(path)
     back = attrib.load(path)
     assert torch.equal(back.per_position, graph.per_position) and back.tokens == graph.tokens
+
+
+def test_under_no_grad_and_refused_under_inference_mode():
+    model = build("gpt2")
+    plain = edge_attribution_patching(model, CLEAN, CORRUPTED, target=7, method="eap-ig", n_steps=3)
+    with torch.no_grad():                             # the method turns gradients on where it needs them
+        under = edge_attribution_patching(model, CLEAN, CORRUPTED, target=7, method="eap-ig", n_steps=3)
+        star = attribution_patching(model, CLEAN, CORRUPTED, target=7, components=("heads",), grad_drop=True)
+    torch.testing.assert_close(under.scores, plain.scores, rtol=0, atol=0)
+    assert star.scores["heads"].abs().sum() > 0
+    with torch.inference_mode(), pytest.raises(attrib.NoGradError, match="edge_attribution_patching\\(\\) was called "
+                                                                          "under torch.inference_mode"):
+        edge_attribution_patching(model, CLEAN, CORRUPTED, target=7)
