@@ -31,7 +31,7 @@ post-norm encoders and T5 are refused: there the residual stream is not the plai
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -161,11 +161,11 @@ def _receivers(nodes: _Nodes, model: Model, values: dict[Any, torch.Tensor], met
 
 
 def setup(model: Model, clean: Any, corrupted: Any, target: Any, contrast: Any, score: str, metric: Any,
-          component_map: Mapping[str, Any] | None) -> tuple[Pairs, _Nodes, Any, torch.dtype]:
+          component_map: Mapping[str, Any] | None, positions: Any = None) -> tuple[Pairs, _Nodes, Any, torch.dtype]:
     """The pairs, the nodes, the layout and the accumulation dtype of every edge method."""
     parallel = _check_family(model, component_map)
     pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
-                          components=("heads",), component_map=component_map)
+                          components=("heads",), component_map=component_map, positions=positions)
     layout = layout_for(model, component_map)
     nodes = _Nodes(model, pairs.n_layers, pairs.n_heads, layout.n_kv_heads or pairs.n_heads, parallel, component_map)
     return pairs, nodes, layout, torch.float64 if model.dtype == torch.float64 else torch.float32
@@ -176,11 +176,13 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                               metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
                               method: str = "eap", n_steps: int | None = None, rule: str | None = None,
                               component_map: Mapping[str, Any] | None = None,
-                              batch_size: int | None = None, per_position: bool = False) -> Graph:
+                              batch_size: int | None = None, per_position: bool = False,
+                              positions: int | Sequence[int] | None = None) -> Graph:
     """Edge scores from every sender to every receiver (see the module docstring); a :class:`~attrib.Graph`.
     ``per_position=True`` also keeps each edge's score per position of the longest prompt (prompts aligned at
-    their last token, as in the patchings), which sums to the edge's score; ``batch_size``: rows (points ×
-    pairs) per gradient pass."""
+    their last token, as in the patchings), which sums to the edge's score; ``positions`` (ints, negative from
+    the end) keeps only the senders' values at those positions (what patching those positions alone
+    estimates); ``batch_size``: rows (points × pairs) per gradient pass."""
     check_grad_mode("edge_attribution_patching", model)
     batch_size = check_batch_size(batch_size)
     if method not in METHODS:
@@ -190,7 +192,7 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                           "at the corrupted run only. Pass method='eap-ig' with them, or drop them.")
     alphas, weights = quadrature(rule or ("riemann_right" if method == "eap" else "gausslegendre"),
                                  1 if method == "eap" else (5 if n_steps is None else n_steps), "rule")
-    pairs, nodes, _, acc = setup(model, clean, corrupted, target, contrast, score, metric, component_map)
+    pairs, nodes, _, acc = setup(model, clean, corrupted, target, contrast, score, metric, component_map, positions)
     n = pairs.n_pairs
     everyone = torch.arange(n)
     clean_values, m_clean = _run(pairs, nodes, pairs.clean, everyone, None, grad=False)
@@ -223,6 +225,10 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
         del values
     with torch.no_grad():
         deltas = _senders(nodes, model, clean_values, corrupted_values, acc)           # (S, pairs, T, d)
+        chosen = torch.zeros(deltas.shape[1:3], dtype=torch.bool)                     # the positions asked for
+        for p, j in pairs.present.nonzero().tolist():
+            chosen[p, pairs.index[p, j]] = True
+        deltas = deltas * chosen.to(deltas.device)[None, :, :, None]
         if per_position:
             by_position = torch.einsum("sbtd,rbtd->srt", deltas, grads) / n
             by_position = by_position.masked_fill(~nodes.edges.to(by_position.device)[..., None], 0.0)
@@ -230,16 +236,16 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
         else:
             total = torch.einsum("sbtd,rbtd->sr", deltas, grads) / n
     scores = total.masked_fill(~nodes.edges.to(total.device), 0.0).cpu()
-    positions = None
-    if per_position:                      # the prompt's positions only (never the target's continuation)
-        positions = by_position[..., :pairs.clean.n_prompt].cpu()
-        positions = positions[..., positions.shape[-1] - pairs.length:]
+    kept = None
+    if per_position:                      # the positions asked for, of the longest prompt (never the continuation)
+        kept = by_position[..., pairs.length - pairs.clean.n_prompt + torch.tensor(pairs.positions)].cpu() \
+            if pairs.clean.n_prompt == pairs.length else by_position[..., torch.tensor(pairs.positions)].cpu()
     info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
             "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size}
     longest = next(i for i, labels in enumerate(pairs.clean.labels) if len(labels) == pairs.length)
     return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
-                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info, positions,
-                 list(pairs.clean.labels[longest]) if per_position else None)
+                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info, kept,
+                 [pairs.clean.labels[longest][p] for p in pairs.positions] if per_position else None)
 
 
 def _run(pairs: Pairs, nodes: _Nodes, inputs: Any, items: torch.Tensor, start: torch.Tensor | None,

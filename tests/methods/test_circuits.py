@@ -223,3 +223,15 @@ def test_under_no_grad_and_refused_under_inference_mode():
     with torch.inference_mode(), pytest.raises(attrib.NoGradError, match="edge_attribution_patching\\(\\) was called "
                                                                           "under torch.inference_mode"):
         edge_attribution_patching(model, CLEAN, CORRUPTED, target=7)
+
+
+def test_positions_keep_only_those_senders_values():
+    model = build("gpt2")
+    every = edge_attribution_patching(model, CLEAN, CORRUPTED, target=7, per_position=True)
+    some = edge_attribution_patching(model, CLEAN, CORRUPTED, target=7, positions=[2, -1], per_position=True)
+    assert some.tokens == [every.tokens[2], every.tokens[5]]
+    torch.testing.assert_close(some.per_position, every.per_position[..., [2, 5]], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(some.scores, every.per_position[..., [2, 5]].sum(-1), rtol=1e-9, atol=1e-12)
+    # the prompts differ at positions 2 and 5 only: the embeddings carry nothing elsewhere, later senders do
+    torch.testing.assert_close(some.scores[0], every.scores[0], rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(some.scores[1:], every.scores[1:])
