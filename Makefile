@@ -7,7 +7,7 @@ STAMP := $(VENV)/.attrib-installed
 # the package itself only asks for a range (see setup.cfg).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench notebooks images clean
+.PHONY: install demo test test-fast bench notebooks images clean oracle-env
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: install
 # pytest exits 5 when it collects no tests, and make fails on any non-zero exit.
 test: install
 	$(PY) -m pytest -q
+
+# TransformerLens 4.3 in its own environment: tests/methods/test_circuits_oracle.py compares edge attribution
+# patching with it where .venv-tl exists (it is not a dependency of attrib or of `make test`).
+oracle-env:
+	test -x .venv-tl/bin/python || $(PYTHON) -m venv .venv-tl
+	.venv-tl/bin/python -m pip install -q "$(CPU_TORCH)" transformer-lens==4.3.0
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not gpu"

@@ -19,6 +19,9 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 ARCHS = ("gpt2", "llama", "neox")
 
 
+# scripts that run in other environments (an oracle library's own venv), not test modules
+collect_ignore = ["oracles/transformerlens_eap.py"]
+
 def tiny_hf(arch: str, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     """A 2-layer random causal LM of one of three layouts, seeded, in eval mode."""
     from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
