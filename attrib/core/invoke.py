@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotInTraceError, ReusedBlockError
+from ..errors import InputError, NotInTraceError, ReusedBlockError
 from .current import trace_of
 
 if TYPE_CHECKING:
@@ -67,5 +67,8 @@ class Invoker:
         if running is not None:
             raise NotInTraceError("tracer.invoke(...) was opened inside another invoke; close the first `with "
                                   "tracer.invoke(...):` block before opening the next (invokes follow each other).")
+        if not args and not kwargs:
+            raise InputError("tracer.invoke() got no inputs; pass the prompt (or batch) this invoke runs, e.g. "
+                             "tracer.invoke('The capital of France is').")
         self.invokes += 1
         return self.model.trace(*args, param_grads=self.param_grads, **kwargs)

@@ -8,7 +8,8 @@ scalable method for localizing LLM behaviour to components", arXiv:2403.00745).
 >>> pattern = torch.tensor([[[[1.0, 0.0]], [[0.5, 0.5]]]])            # (rows, queries, heads, keys)
 >>> grad = torch.tensor([[[[0.0, 0.0]], [[0.0, 1.0]]]])               # ∂metric/∂pattern
 >>> valid = torch.tensor([[[True, False], [True, True]]])            # causal
->>> round(float(query_fix(q_new, k, pattern, grad, valid, 1.0)[0, 0, 1]), 4)   # row 1 moves to key 1: e⁴/(1+e⁴) − ½
+>>> q = torch.zeros_like(q_new)                                         # the run's query: even scores
+>>> round(float(query_fix(q_new, q, k, pattern, grad, valid, 1.0)[0, 0, 1]), 4)   # row 1 moves: e⁴/(1+e⁴) − ½
 0.482
 
 - **QK fix.** A query or key patch moves the attention scores, and the softmax saturates, so a linear estimate
@@ -20,7 +21,9 @@ scalable method for localizing LLM behaviour to components", arXiv:2403.00745).
 - **GradDrop.** A node's effect can cancel along different paths. The estimate is recomputed with the gradient
   through each layer's residual contribution (its attention and MLP outputs) dropped in turn, and AtP*'s score
   is the mean of the absolute values, (1 / (L − 1)) Σ_ℓ |AtP₋ℓ(n)|: a ranking score meant to lower false
-  negatives, no longer a signed estimate. Used by ``attribution_patching(..., grad_drop=True)``.
+  negatives, no longer a signed estimate. Used by ``attribution_patching(..., grad_drop=True)``. The
+  1 / (L − 1) assumes one dropped layer silences the node (true of heads, attention and MLP outputs); a
+  ``resid`` node is silenced by none, so its score is L / (L − 1) × |AtP|: compare it with its own kind.
 """
 
 from __future__ import annotations
@@ -39,41 +42,46 @@ def _group(k: torch.Tensor, n_heads: int) -> torch.Tensor:
     return k.repeat_interleave(n_heads // k.shape[2], dim=2) if k.shape[2] != n_heads else k
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
-    """(rows, queries, heads, keys) scaled dot products, −inf where a query may not see a key."""
-    s = torch.einsum("bthd,bjhd->bthj", q, _group(k, q.shape[2])) * scale
-    return s.masked_fill(~valid[:, :, None, :], float("-inf"))
+def _log(pattern: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log of the pattern, −inf where a query may not see a key. Working from the pattern itself keeps whatever
+    the model added to the scores (sliding windows, position biases): a patch only adds to them."""
+    seen = valid[:, :, None, :].expand_as(pattern)
+    return torch.where(seen & (pattern > 0), pattern.clamp_min(torch.finfo(pattern.dtype).tiny).log(),
+                       torch.full_like(pattern, float("-inf")))
 
 
-def query_fix(q_new: torch.Tensor, k: torch.Tensor, pattern: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor,
-              scale: float) -> torch.Tensor:
-    """(rows, heads, positions): for each head and query position, Σ_j (A'_tj − A_tj) · ∂m/∂A_tj where row t of
-    the pattern is recomputed with the query ``q_new`` (rows, positions, heads, d_head) in place of the run's
-    (each row of a softmax depends on its own query only)."""
-    new = torch.softmax(_scores(q_new, k, valid, scale), -1).nan_to_num(0.0)     # fully masked rows: no weights
+def query_fix(q_new: torch.Tensor, q: torch.Tensor, k: torch.Tensor, pattern: torch.Tensor, grad: torch.Tensor,
+              valid: torch.Tensor, scale: float) -> torch.Tensor:
+    """(rows, heads, positions): for each head and query position t, Σ_j (A'_tj − A_tj) · ∂m/∂A_tj where row t
+    is recomputed with the query ``q_new`` (rows, positions, heads, d_head) instead of ``q``: its scores move by
+    scale · (q_new − q) · k_j (each row of a softmax depends on its own query only)."""
+    shift = torch.einsum("bthd,bjhd->bthj", q_new - q, _group(k, q.shape[2])) * scale
+    new = torch.softmax(_log(pattern, valid) + shift, -1).nan_to_num(0.0)      # fully masked rows: no weights
     return ((new - pattern) * grad).sum(-1).transpose(1, 2)
 
 
 def key_fix(q: torch.Tensor, k: torch.Tensor, k_new: torch.Tensor, pattern: torch.Tensor, grad: torch.Tensor,
             valid: torch.Tensor, scale: float) -> torch.Tensor:
     """(rows, key/value heads, positions): for each key/value head g and key position s, Σ over the query heads of
-    g and every query t of Σ_j (A'_tj − A_tj) · ∂m/∂A_tj, where A' has key s of head g replaced by ``k_new``.
+    g and every query t of Σ_j (A'_tj − A_tj) · ∂m/∂A_tj, where key s of head g is replaced by ``k_new``.
 
-    Only column s of the scores changes: A'_ts = A_ts · e^(new − old) · r and A'_tj = A_tj · r otherwise, with
-    r = 1 / (1 − A_ts + A_ts · e^(new − old)) the ratio of the old normaliser to the new one."""
+    Only column s of the scores moves, by δ = scale · q_t · (k_new_s − k_s): in log space, with
+    L_ts = log Σ_{j≠s} A_tj (the rest of the row, exact even when A_ts rounds to 1), the new normaliser is
+    log r = −logaddexp(L_ts, log A_ts + δ); A'_ts = A_ts e^(δ) r and A'_tj = A_tj r otherwise."""
     n_heads, n_kv = q.shape[2], k.shape[2]
-    old = _scores(q, k, valid, scale)                                            # (b, t, h, j)
-    new = torch.einsum("bthd,bjhd->bthj", q, _group(k_new, n_heads)) * scale     # column j with key j replaced
-    seen = valid[:, :, None, :].expand_as(old)
-    step = torch.where(seen, new - old, torch.zeros_like(old)).clamp(max=80.0)  # e^(new − old) stays finite
-    a_col = pattern * seen
-    r = 1.0 / (1.0 - a_col + a_col * step.exp())
-    # Σ_j A_tj g_tj over the row, and the patched column's own term
-    row = (pattern * grad).sum(-1, keepdim=True)                                 # (b, t, h, 1)
-    col = pattern * grad                                                         # (b, t, h, s)
-    effect = (r - 1.0) * (row - col) + (a_col * step.exp() * r - a_col) * grad   # (b, t, h, s)
-    effect = torch.where(seen, effect, torch.zeros_like(effect)).sum(1)          # over queries: (b, h, s)
-    return effect.view(effect.shape[0], n_kv, n_heads // n_kv, -1).sum(2)       # over the group's query heads
+    log_a = _log(pattern, valid)                                                # (b, t, h, j)
+    t = pattern.shape[-1]
+    others = torch.where(torch.eye(t, dtype=torch.bool, device=q.device), float("-inf"), 0.0)
+    rest = torch.logsumexp(log_a[..., None, :] + others, -1)                    # (b, t, h, s): log Σ_{j≠s} A_tj
+    delta = torch.einsum("bthd,bshd->bths", q, _group(k_new - k, n_heads)) * scale
+    moved = log_a + delta                                                       # log(A_ts e^δ)
+    log_r = -torch.logaddexp(rest, moved)                                       # −inf + … stays finite: rows sum to 1
+    row = (pattern * grad).sum(-1, keepdim=True)                                # Σ_j A_tj g_tj
+    col = pattern * grad                                                        # A_ts g_ts
+    seen = valid[:, :, None, :].expand_as(pattern) & (pattern > 0)
+    effect = torch.expm1(log_r) * (row - col) + (torch.exp(moved + log_r) - pattern) * grad
+    effect = torch.where(seen, effect, torch.zeros_like(effect)).sum(1)         # over queries: (b, h, s)
+    return effect.view(effect.shape[0], n_kv, n_heads // n_kv, -1).sum(2)      # over the group's query heads
 
 
 # -- wiring into attribution patching ------------------------------------------------------------
@@ -85,6 +93,11 @@ def extra_sites(model: Any, pairs: Any, qk_fix: bool, grad_drop: bool, component
 
     extra = {}
     if qk_fix:
+        softcap = getattr(getattr(model.module, "config", None), "attn_logit_softcapping", None)
+        if softcap:
+            raise MethodError(f"qk_fix=True recomputes the softmax from the pattern and a shift of the scores, but this "
+                              f"model caps its scores (attn_logit_softcapping={softcap}), so a shift is not additive; "
+                              "use attribution_patching without qk_fix, or activation_patching.")
         if not {"q_rot", "k_rot"} & set(pairs.components):
             raise MethodError("qk_fix=True fixes the estimates of queries and keys: add 'q_rot' and/or 'k_rot' (the "
                               "query and key after the rotary embedding) to components.")
@@ -99,7 +112,7 @@ def extra_sites(model: Any, pairs: Any, qk_fix: bool, grad_drop: bool, component
 
 
 def qk_estimates(model: Any, pairs: Any, sites: Mapping, acts: Mapping, other: Mapping, grads: Mapping,
-                 mask: torch.Tensor | None, acc: torch.dtype) -> dict:
+                 mask: torch.Tensor | None, acc: torch.dtype, component_map: Any = None) -> dict:
     """The QK-fixed estimates of the q_rot / k_rot components, (rows, heads, positions) per layer."""
     out = {}
     for layer in range(pairs.n_layers):
@@ -114,9 +127,9 @@ def qk_estimates(model: Any, pairs: Any, sites: Mapping, acts: Mapping, other: M
         valid = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()[None].expand(rows, t, t)
         if mask is not None:
             valid = valid & mask[:, None, :t].bool().to(q.device)
-        scale = _scale(model, layer, q.shape[-1])
+        scale = _scale(model, layer, q.shape[-1], component_map)
         if "q_rot" in want:
-            out[("q_rot", layer)] = query_fix(other[("q_rot", layer)].to(acc), k, pattern, grad, valid, scale)
+            out[("q_rot", layer)] = query_fix(other[("q_rot", layer)].to(acc), q, k, pattern, grad, valid, scale)
         if "k_rot" in want:
             out[("k_rot", layer)] = key_fix(q, k, other[("k_rot", layer)].to(acc), pattern, grad, valid, scale)
     return out
@@ -139,12 +152,15 @@ def grad_drop(total: torch.Tensor, acts: Mapping, wanted: list, n_layers: int,
     return {k: v / max(1, n_layers - 1) for k, v in summed.items()}
 
 
-def _scale(model: Any, layer: int, d_head: int) -> float:
-    """The attention's score scale: its module's ``scaling``, else 1 / √d_head."""
+def _scale(model: Any, layer: int, d_head: int, component_map: Any = None) -> float:
+    """The factor the attention function multiplies query · key by, as the probe recorded it in the run (OPT scales
+    its query before and passes 1.0); else the module's ``scaling``, else 1 / √d_head."""
     from ..models.probes import attention_path
     from ..models.sites import layout_for
 
-    layout = layout_for(model)
+    layout = layout_for(model, component_map)
     attn = model.module.get_submodule(f"{layout.layers}.{layer}.{attention_path(layout)}")
-    scaling = getattr(attn, "scaling", None)
-    return float(scaling) if isinstance(scaling, (int, float)) else d_head ** -0.5
+    for scaling in (attn.__dict__.get("_attrib_scaling"), getattr(attn, "scaling", None)):
+        if isinstance(scaling, (int, float)):
+            return float(scaling)
+    return d_head ** -0.5

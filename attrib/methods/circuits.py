@@ -20,7 +20,8 @@ projection) applied to the metric's gradient at r. So the edges of a sender sum 
 - ``method="eap"``: g_r at the corrupted run (the linear estimate of restoring that edge alone).
 - ``method="eap-ig"``: g_r averaged over ``n_steps`` points (default 5, Gauss–Legendre unless ``rule`` says)
   on the straight line between the clean and the corrupted input embeddings, α = 0 clean, α = 1 corrupted, as
-  integrated gradients averages; ``rule="riemann_right", n_steps=1`` is EAP.
+  integrated gradients averages; ``rule="riemann_right", n_steps=1`` is EAP. Hanna et al.'s Riemann points,
+  k/m from the corrupted end (k = 1 … m, the clean end included), are ``rule="riemann_left"`` here.
 - Pairs as in the patchings (:mod:`attrib.methods.pairs`): one pair, or lists of pairs in one batch, whose
   scores are averaged. ``metric``, ``target``, ``contrast``, ``score`` as everywhere.
 
@@ -61,6 +62,11 @@ def _check_family(model: Model, component_map: Mapping[str, Any] | None) -> bool
         raise MethodError(f"edge attribution patching needs a residual stream that is the plain sum of what the "
                           f"embeddings, heads and MLPs wrote; {family} has {_UNSUPPORTED[family]}, so its edges are not "
                           "defined that way. Use attribution_patching for node scores instead.")
+    if component_map is None and getattr(config, "do_layer_norm_before", True) is False:
+        raise MethodError(f"edge attribution patching needs a residual stream that is the plain sum of what the "
+                          f"embeddings, heads and MLPs wrote; this {family} normalises after each sublayer "
+                          "(do_layer_norm_before=False), so its edges are not defined that way. Use "
+                          "attribution_patching for node scores instead.")
     return bool(getattr(config, "use_parallel_residual", False))
 
 
@@ -180,9 +186,10 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                               positions: int | Sequence[int] | None = None) -> Graph:
     """Edge scores from every sender to every receiver (see the module docstring); a :class:`~attrib.Graph`.
     ``per_position=True`` also keeps each edge's score per position of the longest prompt (prompts aligned at
-    their last token, as in the patchings), which sums to the edge's score; ``positions`` (ints, negative from
-    the end) keeps only the senders' values at those positions (what patching those positions alone
-    estimates); ``batch_size``: rows (points × pairs) per gradient pass."""
+    their last token, as in the patchings; a position a shorter pair lacks counts 0 for it), which sums to the
+    edge's score except for a multi-token target, whose teacher-forced positions count in the score (as exact
+    edge patching patches them) but have no column; ``positions`` (ints, negative from the end) keeps only the
+    senders' values at those prompt positions; ``batch_size``: rows (points × pairs) per gradient pass."""
     check_grad_mode("edge_attribution_patching", model)
     batch_size = check_batch_size(batch_size)
     if method not in METHODS:
@@ -211,8 +218,11 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
         start = None if eap else torch.stack([first_clean[p] + a * (corrupted_values[nodes.resid[0]][p] - first_clean[p])
                                               for a, _, p in chunk])                  # α = 1: the corrupted run
         values, m_rows = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
-        if eap:
-            corrupted_values, m_corrupted = {k: v.detach() for k, v in values.items() if k != "metric"}, m_rows
+        if eap:                            # chunks cover the pairs in order: their values make the corrupted run's
+            got = {k: v.detach() for k, v in values.items() if k != "metric"}
+            corrupted_values = got if corrupted_values is None else \
+                {k: torch.cat([corrupted_values[k], got[k]]) for k in got}
+            m_corrupted = m_rows if m_corrupted is None else torch.cat([m_corrupted, m_rows])
         pair_of, weight_of = items.to(first_clean.device), rows_weight.to(first_clean.device)
 
         def reduce(v: torch.Tensor) -> torch.Tensor:
@@ -225,10 +235,11 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
         del values
     with torch.no_grad():
         deltas = _senders(nodes, model, clean_values, corrupted_values, acc)           # (S, pairs, T, d)
-        chosen = torch.zeros(deltas.shape[1:3], dtype=torch.bool)                     # the positions asked for
-        for p, j in pairs.present.nonzero().tolist():
-            chosen[p, pairs.index[p, j]] = True
-        deltas = deltas * chosen.to(deltas.device)[None, :, :, None]
+        if positions is not None:          # the senders' values at the positions asked for only
+            chosen = torch.zeros(deltas.shape[1:3], dtype=torch.bool)
+            for p, j in pairs.present.nonzero().tolist():
+                chosen[p, pairs.index[p, j]] = True
+            deltas = deltas * chosen.to(deltas.device)[None, :, :, None]
         if per_position:
             by_position = torch.einsum("sbtd,rbtd->srt", deltas, grads) / n
             by_position = by_position.masked_fill(~nodes.edges.to(by_position.device)[..., None], 0.0)
@@ -238,13 +249,12 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
     scores = total.masked_fill(~nodes.edges.to(total.device), 0.0).cpu()
     kept = None
     if per_position:                      # the positions asked for, of the longest prompt (never the continuation)
-        kept = by_position[..., pairs.length - pairs.clean.n_prompt + torch.tensor(pairs.positions)].cpu() \
-            if pairs.clean.n_prompt == pairs.length else by_position[..., torch.tensor(pairs.positions)].cpu()
+        kept = by_position[..., pairs.clean.n_prompt - pairs.length + torch.tensor(pairs.positions)].cpu()
     info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
             "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size}
     longest = next(i for i, labels in enumerate(pairs.clean.labels) if len(labels) == pairs.length)
     return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
-                 pairs.clean.describe(0), float(m_clean.mean()), float(m_corrupted.mean()), info, kept,
+                 pairs.target_text(), float(m_clean.mean()), float(m_corrupted.mean()), info, kept,
                  [pairs.clean.labels[longest][p] for p in pairs.positions] if per_position else None)
 
 

@@ -170,7 +170,7 @@ def edge_patching(model: Model, clean: Any, corrupted: Any, *, edges: Sequence[t
     keep = torch.zeros_like(nodes.edges)
     for e, (s, r) in enumerate(chosen):
         scores[s, r], keep[s, r] = effect[e], True
-    return Graph(nodes.senders, nodes.receivers, scores, keep, "edge_patching", pairs.clean.describe(0),
+    return Graph(nodes.senders, nodes.receivers, scores, keep, "edge_patching", pairs.target_text(),
                  float(m_clean.mean()), float(m_corrupted.mean()), {"pairs": p, "forwards": -(-n * p // (batch_size or n * p))})
 
 
@@ -184,10 +184,11 @@ def _edge_indices(nodes: _Nodes, edges: Sequence[tuple[str, str]]) -> list[tuple
             raise MethodError(f"each edge is a (sender, receiver) pair of names, got {edge!r:.60}.")
         s, r = edge[0], edge[1]
         if s not in nodes.senders or r not in nodes.receivers:
-            bad = s if s not in nodes.senders else r
-            raise MethodError(f"{bad!r} is not a {'sender' if bad is s else 'receiver'} of this model; senders are "
-                              f"'embed', 'L{{layer}}H{{head}}', 'M{{layer}}'; receivers 'L{{layer}}H{{head}}.q' (.k, .v), "
-                              "'M{layer}', 'logits'.")
+            sender = s not in nodes.senders
+            raise MethodError(f"{s if sender else r!r} is not a {'sender' if sender else 'receiver'} of this model; "
+                              "senders are 'embed', 'L{layer}H{head}', 'M{layer}'; receivers 'L{layer}H{head}.q', "
+                              "'.k' and '.v' ('L{layer}KV{group}.k', '.v' under grouped-query attention), 'M{layer}', "
+                              "'logits'.")
         i, j = nodes.senders.index(s), nodes.receivers.index(r)
         if not bool(nodes.edges[i, j]):
             raise MethodError(f"there is no edge from {s!r} to {r!r}: the receiver does not read that sender's output.")
@@ -227,6 +228,9 @@ def circuit_faithfulness(model: Model, graph: Graph, clean: Any, corrupted: Any,
 
     metrics = _in_chunks(len(sizes) * p, batch_size, run).view(len(sizes), p).mean(1)
     full, empty = float(m_clean.mean()), float(m_corrupted.mean())
+    if full == empty:
+        raise MethodError(f"the metric is {full:.6g} on both the clean and the corrupted prompts, so no share of a gap "
+                          "can be recovered; pick prompts (or a metric) that the model tells apart.")
     recovered = (metrics - empty) / (full - empty)
     return Faithfulness(sizes, recovered, metrics, full, empty, graph.method, graph.n_edges,
-                        {"pairs": p, "target": pairs.clean.describe(0)})
+                        {"pairs": p, "target": pairs.target_text()})

@@ -79,6 +79,11 @@ class Pairs:
     def ordered(self, keys: Iterable[Key]) -> list[Key]:
         return ordered(self.sites, keys)
 
+    def target_text(self) -> str:
+        """The target, or the first and last of the pairs' targets when they differ."""
+        described = [self.clean.describe(i) for i in range(self.n_pairs)]
+        return described[0] if len(set(described)) == 1 else f"{described[0]} … {described[-1]} (one per pair)"
+
     def shape(self, component: str) -> tuple[int, ...]:
         """One pair's score shape: (layers, positions), or (layers, heads, positions) for heads."""
         n = len(self.positions)
@@ -102,8 +107,7 @@ class Pairs:
         mean = {c: v.double().nanmean(0).to(dtype) for c, v in per_pair.items()}
         longest = next(i for i, labels in enumerate(self.clean.labels) if len(labels) == self.length)
         described = [self.clean.describe(i) for i in range(self.n_pairs)]
-        target = described[0] if len(set(described)) == 1 else \
-            f"{described[0]} … {described[-1]} (one per pair)"
+        target = self.target_text()
         pairs = [{"clean": list(self.clean.labels[i]), "corrupted": list(self.corrupted.labels[i]),
                   "target": described[i], "metric_clean": float(m_clean[i]), "metric_corrupted": float(m_corr[i])}
                  for i in range(self.n_pairs)]
@@ -159,6 +163,10 @@ def _same_lengths(a: Inputs, b: Inputs) -> None:
     for i in range(a.n_items):
         if not torch.equal(a.keep[i].cpu(), b.keep[i].cpu()):
             which = f" of pair {i}" if a.n_items > 1 else ""
+            if len(a.labels[i]) == len(b.labels[i]):
+                raise MethodError(f"clean and corrupted{which} have {len(a.labels[i])} tokens each but are padded to "
+                                  "different widths, so their positions do not correspond; pass both in the same "
+                                  "form (both texts, or both id tensors of one width).")
             raise MethodError(
                 f"clean and corrupted{which} must have the same number of tokens so that positions correspond: clean "
                 f"has {len(a.labels[i])} {a.labels[i]}, corrupted has {len(b.labels[i])} {b.labels[i]}; reword one of "

@@ -155,7 +155,7 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     negative from the end) restricts the positions axis; ``component_map`` describes an unknown layout.
     ``batch_size``: pairs per pass (``None``: all, halved on out-of-memory). AtP*'s fixes
     (:mod:`attrib.methods.atp_star`): ``qk_fix=True`` recomputes the pattern exactly for the ``q_rot`` /
-    ``k_rot`` components; ``grad_drop=True`` scores every component by the mean |estimate| with each layer's
+    ``k_rot`` components (through attention probes, which stay installed: :mod:`attrib.models.probes`); ``grad_drop=True`` scores every component by the mean |estimate| with each layer's
     gradient dropped in turn (L more backward passes; a ranking score, no longer signed).
     """
     check_grad_mode("attribution_patching", model)
@@ -215,7 +215,8 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
             diff = other[key].to(acts[key].dtype) - take(key, acts[key].detach())
             out[key] = _dot(diff, take(key, grads[key]), acc)
         if qk_fix:
-            out.update(star.qk_estimates(model, pairs, sites, acts, other, grads, kwargs.get("attention_mask"), acc))
+            out.update(star.qk_estimates(model, pairs, sites, acts, other, grads, kwargs.get("attention_mask"), acc,
+                                         component_map))
         return out
 
     with torch.enable_grad():                  # the caller may be under torch.no_grad()

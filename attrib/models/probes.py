@@ -70,6 +70,7 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     probes = module._modules.get(CHILD)
     if probes is None:                  # an attention module without probes (e.g. cross-attention)
         return eager(module, query, key, value, attention_mask, **kwargs)
+    module.__dict__["_attrib_scaling"] = kwargs.get("scaling")    # what the scores are multiplied by (AtP*)
     query = probes.q_rot(query.transpose(1, 2)).transpose(1, 2)
     key = probes.k_rot(key.transpose(1, 2)).transpose(1, 2)
     _, weights = eager(module, query, key, value, attention_mask, **kwargs)
@@ -98,8 +99,10 @@ def attention_path(layout: Any) -> str:
 
 
 def installed(module: torch.nn.Module) -> bool:
+    """Whether :func:`install` ran on this model (a mark on the model itself: two models may share a config)."""
+    module = getattr(module, "module", module)
     config = getattr(module, "config", None)
-    return getattr(config, "_attn_implementation", None) == NAME
+    return "_attrib_previous_attention" in module.__dict__ and getattr(config, "_attn_implementation", None) == NAME
 
 
 def install(model: Any, layout: Any = None) -> None:
@@ -130,7 +133,7 @@ def install(model: Any, layout: Any = None) -> None:
         if CHILD not in attn._modules:
             attn.add_module(CHILD, torch.nn.ModuleDict({name: Probe() for name in PROBES}))
     module.set_attn_implementation(NAME)
-    module.__dict__["_attrib_previous_attention"] = previous
+    module.__dict__["_attrib_previous_attention"] = previous if previous != NAME else "sdpa"
 
 
 def remove(model: Any) -> None:

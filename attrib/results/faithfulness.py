@@ -49,10 +49,8 @@ class Faithfulness(Result):
 
     def smallest(self, share: float) -> int | None:
         """The smallest size whose circuit recovers at least ``share`` of the behaviour (None if none does)."""
-        for k, r in zip(self.sizes, self.recovered.tolist()):
-            if r >= share:
-                return k
-        return None
+        enough = [k for k, r in zip(self.sizes, self.recovered.tolist()) if r >= share]
+        return min(enough) if enough else None
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
         """``(size, recovered)`` for the first ``k`` sizes."""

@@ -101,3 +101,9 @@ def test_misuse_is_refused(lm, leakcheck):
     with lm.trace(PROMPTS[0]):                         # the model is reusable
         ok = lm.output.logits.save()
     assert ok.shape == (1, 6, 50)
+
+
+def test_an_invoke_without_inputs_is_refused(lm):
+    with pytest.raises(attrib.InputError, match=r"tracer\.invoke\(\) got no inputs; pass the prompt"):
+        with lm.trace() as tracer:
+            tracer.invoke()

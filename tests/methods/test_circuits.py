@@ -235,3 +235,24 @@ def test_positions_keep_only_those_senders_values():
     # the prompts differ at positions 2 and 5 only: the embeddings carry nothing elsewhere, later senders do
     torch.testing.assert_close(some.scores[0], every.scores[0], rtol=1e-9, atol=1e-12)
     assert not torch.allclose(some.scores[1:], every.scores[1:])
+
+
+def test_eap_in_chunks_of_pairs_equals_one_pass():
+    model = build("llama")
+    clean = [CLEAN[0].tolist(), [3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    corrupted = [CORRUPTED[0].tolist(), [3, 8, 5, 6, 7, 9], [9, 10, 20, 12, 13, 14]]
+    whole = edge_attribution_patching(model, clean, corrupted, target=[[7], [9], [11]])
+    for size in (1, 2):
+        part = edge_attribution_patching(model, clean, corrupted, target=[[7], [9], [11]], batch_size=size)
+        torch.testing.assert_close(part.scores, whole.scores, rtol=1e-9, atol=1e-12)
+        assert part.metric_corrupted == pytest.approx(whole.metric_corrupted, abs=1e-12)
+
+
+def test_per_position_with_extra_left_padding():
+    model = build("gpt2")
+    padded = {"input_ids": torch.tensor([[0] + CLEAN[0].tolist()]), "attention_mask": torch.tensor([[0] + [1] * 6])}
+    padded_c = {"input_ids": torch.tensor([[0] + CORRUPTED[0].tolist()]), "attention_mask": torch.tensor([[0] + [1] * 6])}
+    plain = edge_attribution_patching(model, CLEAN, CORRUPTED, target=7, per_position=True)
+    extra = edge_attribution_patching(model, padded, padded_c, target=7, per_position=True)
+    torch.testing.assert_close(extra.per_position, plain.per_position, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(extra.per_position.sum(-1), extra.scores, rtol=1e-9, atol=1e-12)

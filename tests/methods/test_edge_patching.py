@@ -186,3 +186,15 @@ def test_bad_arguments():
     graph = attrib.edge_attribution_patching(model, CLEAN, CORRUPTED, **kw)
     with pytest.raises(attrib.MethodError, match="sizes must be a non-empty list of edge counts"):
         attrib.circuit_faithfulness(model, graph, CLEAN, CORRUPTED, sizes=[-1], **kw)
+
+
+def test_faithfulness_edge_cases():
+    model = tiny(1)
+    kw = dict(target=7, component_map=MAP)
+    graph = attrib.edge_attribution_patching(model, CLEAN, CORRUPTED, **kw)
+    with pytest.raises(attrib.MethodError, match="the metric is .* on both the clean and the corrupted prompts"):
+        attrib.circuit_faithfulness(model, graph, CLEAN, CLEAN, sizes=[0, 5], **kw)
+    f = attrib.Faithfulness([50, 10, 0], torch.tensor([1.0, 0.7, 0.0]), torch.zeros(3), 1.0, 0.0, "eap", 50)
+    assert f.smallest(0.5) == 10 and f.smallest(0.0) == 0                 # the smallest size, whatever the order
+    with pytest.raises(attrib.MethodError, match="'L0H0' is not a receiver of this model"):
+        attrib.edge_patching(model, CLEAN, CORRUPTED, edges=[("L0H0", "L0H0")], **kw)

@@ -198,3 +198,17 @@ def test_every_family_of_the_registry():
         torch.testing.assert_close(pattern, attentions[1].transpose(1, 2), rtol=1e-6, atol=1e-7, msg=name)
         probes.remove(model)
         assert not probes.installed(hf), name
+
+
+def test_two_models_sharing_a_config_are_probed_each_on_its_own():
+    a = tiny_hf("llama")
+    b = type(a)(a.config).double().eval()            # the same config object
+    ma, mb = attrib.LanguageModel(a), attrib.LanguageModel(b)
+    site(ma, "pattern.0")
+    assert probes.installed(a) and not probes.installed(b)
+    where = site(mb, "pattern.0")                      # installs b's own probes
+    with torch.no_grad(), mb.trace(IDS):
+        p = where.read(mb).save()
+    assert p.shape == (1, 6, 4, 6) and probes.installed(b)
+    probes.remove(ma)
+    probes.remove(mb)
