@@ -79,7 +79,6 @@ class _Nodes:
         self.layers = range(n_layers)
         self.resid = [at("resid_pre", l) for l in self.layers]
         self.z = [at("z", l) for l in self.layers]
-        self.attn = [at("attn_out", l) for l in self.layers]
         self.mlp = [at("mlp_out", l) for l in self.layers]
         self.qkv = [[at(k, l) for k in "qkv"] for l in self.layers]
         self.last = at("resid_post", n_layers - 1)
@@ -113,7 +112,7 @@ class _Nodes:
 
     def reads(self) -> list[Site]:
         unique = {s: None for l in self.layers for s in (self.resid[l], self.ln[l], *self.qkv[l], self.z[l],
-                                                          self.attn[l], self.mlp_in[l], self.mlp[l])}
+                                                          self.mlp_in[l], self.mlp[l])}
         return [*unique, self.last]
 
 
