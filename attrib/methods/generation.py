@@ -29,7 +29,7 @@ from ..errors import MethodError
 from ..models.ids import as_int
 from ..models.language import LanguageModel
 from ..results import Attribution
-from .inputs import _encode
+from .inputs import encode
 from .integrated_gradients import integrated_gradients
 
 __all__ = ["generate_and_attribute"]
@@ -80,7 +80,7 @@ def generate_and_attribute(model: Model, inputs: Any, *, max_new_tokens: int = 1
     if not hasattr(model.module, "generate"):
         raise MethodError(f"{type(model.module).__name__} has no generate() method; generate the continuation "
                           "yourself and pass it as target= to attrib.integrated_gradients(..., per_token=True).")
-    enc, single = _encode(model, inputs, "inputs")
+    enc, single = encode(model, inputs, "inputs")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     generated = _continuations(model, ids, mask, count, bool(do_sample), dict(generation_kwargs or {}))
     prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]

@@ -1,0 +1,106 @@
+"""Checks every method makes before its passes: the batch size, gradient mode, finite inputs, dropout.
+
+>>> import torch
+>>> from attrib.methods.checks import check_batch_size, nonfinite
+>>> check_batch_size(8), nonfinite(torch.ones(2))
+(8, None)
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..core.model import Model
+from ..errors import InputError, MethodError, NoGradError
+from ..models.language import LanguageModel
+
+if TYPE_CHECKING:
+    from .inputs import Inputs
+
+__all__ = ["check_batch_size", "check_grad_mode", "nonfinite", "check_finite_inputs", "has_dropout"]
+
+
+def check_batch_size(batch_size: Any) -> int | None:
+    """``batch_size`` as a positive int (numpy and 0-d tensor ints too) or None, else one clear error."""
+    if batch_size is None:
+        return None
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        size = operator.index(batch_size)
+    except TypeError:
+        size = 0
+    if size < 1:
+        raise MethodError(f"batch_size must be a positive int or None (as many rows as fit), got {batch_size!r:.40}; "
+                          "pass e.g. batch_size=32, or leave it out.")
+    return size
+
+
+def check_grad_mode(method: str, model: Any) -> None:
+    """Gradients are possible here: not under ``torch.inference_mode()``, and the model's parameters are not
+    inference tensors (``torch.no_grad()`` is fine: the passes turn gradients on themselves)."""
+    if torch.is_inference_mode_enabled():
+        raise NoGradError(f"attrib.{method}() was called under torch.inference_mode(), where no gradients can be "
+                          "computed; call it outside that block (torch.no_grad() is fine: the method turns gradients "
+                          "on where it needs them).")
+    if isinstance(model, Model):
+        for name, param in model.module.named_parameters():
+            if param.is_inference():
+                raise NoGradError(f"attrib.{method}() needs gradients through the model, but its parameter {name} is "
+                                  "an inference tensor (the model was built or loaded under torch.inference_mode()); "
+                                  "load the model outside that block (torch.no_grad() is fine).")
+
+
+def nonfinite(t: torch.Tensor) -> str | None:
+    """A short account of ``t``'s inf/NaN values (count, shape, first index), or None when all are finite.
+
+    >>> nonfinite(torch.tensor([[0.0, float("nan")], [float("nan"), 1.0]]))
+    '2 NaN of 4 values, the first at index (0, 1)'
+    """
+    if not t.is_floating_point() and not t.is_complex():
+        return None
+    bad = ~torch.isfinite(t)
+    count = int(bad.sum())
+    if not count:
+        return None
+    n_nan = int(torch.isnan(t).sum())
+    kind = "NaN" if n_nan == count else "inf" if n_nan == 0 else "NaN/inf"
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    return f"{count} {kind} of {t.numel()} values, the first at index {first}"
+
+
+def check_finite_inputs(prep: "Inputs") -> None:
+    """Refuse inputs whose attributed values are not finite (every attribution would be NaN): on a language
+    model the embeddings of some tokens (the model's weights), on a plain model the input tensor."""
+    found = nonfinite(prep.x)
+    if found is None:
+        return
+    if not isinstance(prep.model, LanguageModel):
+        raise InputError(f"the inputs (shape {tuple(prep.x.shape)}) contain {found}, so every attribution would be "
+                         "NaN; replace them first, e.g. with torch.nan_to_num(inputs).")
+    bad = ~torch.isfinite(prep.x.flatten(2)).all(-1)                       # (items, positions)
+    item = int(bad.any(1).nonzero()[0])
+    keep = prep.keep[item].tolist()
+    at = [keep.index(p) for p in bad[item].nonzero().flatten().tolist() if p in keep]
+    what = f"positions {at} (tokens {[prep.labels[item][p] for p in at]})" if at else \
+        f"the target's teacher-forced tokens {prep.output_labels[item]}"
+    kind = "NaN" if torch.isnan(prep.x).any() else "inf"
+    of = f" of input {item}" if prep.n_items > 1 else ""
+    raise InputError(f"the input embeddings{of} contain {kind} at {what}, so every attribution would be {kind}; the "
+                     "model's embedding weights are not finite for those token ids, fix or reload its weights.")
+
+
+def has_dropout(module: torch.nn.Module) -> bool:
+    """Whether a forward in train mode is random: a dropout module with p > 0, or a config that asks for
+    dropout inside attention (Hugging Face models call the functional form there)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        config = getattr(m, "config", None)
+        if any(isinstance(getattr(config, k, 0), float) and getattr(config, k) > 0
+               for k in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob", "dropout")):
+            return True
+    return False
