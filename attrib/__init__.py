@@ -14,13 +14,15 @@ from .core import Model, save
 from .errors import *  # noqa: F401,F403 - every error class is public
 from .errors import __all__ as _errors
 from .models import LanguageModel, load_demo_model
-from .methods import (activation_patching, attribution_patching, circuit_faithfulness, edge_attribution_patching,
-                      edge_patching, generate_and_attribute, integrated_gradients, path_profile, saliency)
-from .results import Attribution, Faithfulness, Graph, PatchingResult, PathProfile, load
+from .methods import (activation_patching, attribution_patching, circuit_faithfulness, deconvolution, deeplift,
+                      edge_attribution_patching, edge_patching, faithfulness, generate_and_attribute, gim,
+                      gradient_shap, guided_backprop, integrated_gradients, lrp, path_profile, saliency)
+from .results import Attribution, Evaluation, Faithfulness, Graph, PatchingResult, PathProfile, load
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "LanguageModel", "load_demo_model", "save", "integrated_gradients", "saliency",
            "attribution_patching", "activation_patching", "path_profile", "generate_and_attribute",
-           "edge_attribution_patching", "edge_patching", "circuit_faithfulness", "Attribution", "PatchingResult",
+           "edge_attribution_patching", "edge_patching", "circuit_faithfulness", "lrp", "deeplift", "guided_backprop",
+           "deconvolution", "gim", "gradient_shap", "faithfulness", "Attribution", "Evaluation", "PatchingResult",
            "PathProfile", "Graph", "Faithfulness", "load", *_errors]

@@ -30,7 +30,7 @@ __all__ = [
     # models
     "DemoModelError", "LayoutError", "CompiledModuleError",
     # methods and results
-    "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError",
+    "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError", "RuleError",
     # drawing
     "PlotError", "OptionError",
     # warnings
@@ -138,6 +138,11 @@ class LayoutError(AttribError, ValueError):
 # -- methods and results ------------------------------------------------------------------------------
 class MethodError(AttribError, ValueError):
     """An argument of an attribution method that cannot be used (method name, steps, layer, baseline...)."""
+
+
+class RuleError(AttribError, ValueError):
+    """A rule that cannot be installed where it was asked for, or whose backward returned a gradient of the
+    wrong shape, or whose module's input or output was changed in place before the rule could read it."""
 
 
 class TargetError(AttribError, ValueError):

@@ -59,3 +59,12 @@ def test_the_layout_example_registers(tmp_path):
     finally:
         layouts.LAYOUTS.clear()
         layouts.LAYOUTS.update(before)
+
+
+def test_the_worked_rule_in_docs_rules_runs_and_keeps_its_promise():
+    text = (DOC.parent / "rules.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    namespace: dict = {}
+    exec(block, namespace)                        # the block asserts what the rule promises
+    assert namespace["g"].shape == (3, 8)
+    assert not namespace["net"][1]._forward_hooks  # and the rules are gone after it

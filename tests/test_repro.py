@@ -25,6 +25,8 @@ EXPECTED = {
     "sanity_checks": ["Spearman ρ", "top 1", "top 30", "|IG|", "Adebayo et al. 2018", "grad falls", "OK: all"],
     "atp_star": ["Attribution patching with and without AtP*'s fixes", "AtP + qk_fix", "AtP + grad_drop",
                  "Kramár et al. 2024 claims", "OK: all"],
+    "faithfulness": ["Faithfulness (sorted by deletion AOPC", "integrated_gradients", "attnlrp", "cp-lrp", "gim",
+                     "deeplift", "gradient_shap", "smoothgrad", "random", "AttnLRP more faithful than IG", "OK: all"],
     "ioi_circuit": ["Faithfulness: share of the metric recovered", "Against exact edge patching of 40 top edges",
                     "Hanna et al. 2024 claims", "EAP-IG closer to full faithfulness", "OK: all"],
 }
@@ -37,6 +39,7 @@ IMPOSSIBLE = {
     "ig_convergence": (["--max-mean-evaluations", "10"], "defaults: evaluations per prompt"),
     "ioi_circuit": (["--min-margin", "10"], "EAP-IG closer to full faithfulness"),
     "atp_star": (["--slack", "-100"], "no more false negatives"),
+    "faithfulness": (["--min-margin", "1000"], "IG beats the random order"),
 }
 
 

@@ -17,15 +17,16 @@ from ..errors import ResultFileError
 from . import files
 from .attribution import Attribution
 from .base import Result
+from .evaluation import Evaluation
 from .faithfulness import Faithfulness
 from .graph import Graph
 from .patching import PatchingResult
 from .profile import PathProfile
 
-__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "Graph", "Faithfulness", "load"]
+__all__ = ["Result", "Attribution", "PatchingResult", "PathProfile", "Graph", "Faithfulness", "Evaluation", "load"]
 
 _KINDS: dict[str, type[Result]] = {cls.KIND: cls for cls in (Attribution, PatchingResult, PathProfile,
-                                                                       Graph, Faithfulness)}
+                                                                       Graph, Faithfulness, Evaluation)}
 
 
 def load(path: str | os.PathLike) -> Result:
