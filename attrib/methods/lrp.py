@@ -74,7 +74,8 @@ def lrp(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
     if not pairs:
         raise MethodError(f"rules={name!r:.40} put no rule on any module of {type(model.module).__name__}, so LRP would "
                           "be plain gradient × input; choose rules that match its modules.")
-    relevance, scores = gradient_with_rules(model, prep, pairs, batch_size, "lrp", times_input=True)
+    with comp.context(model.module):
+        relevance, scores = gradient_with_rules(model, prep, pairs, batch_size, "lrp", times_input=True)
     return _results(prep, relevance, scores, "lrp", dict(rules=getattr(comp, "name", str(name)), **options))
 
 

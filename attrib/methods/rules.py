@@ -34,14 +34,16 @@ The denominators are stabilized as zennit does: ``z + ε · sign(z)`` with sign(
 
 from __future__ import annotations
 
-from typing import Callable
+import weakref
+from typing import Any, Callable
 
 import torch
 
 from ..core.rules import Call, Rule, Scale
 from ..errors import RuleError
 
-__all__ = ["Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "Norm", "Pass", "FrozenNorm", "Scale", "stabilize"]
+__all__ = ["Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "Norm", "Pass", "FrozenNorm", "Scale", "SoftcapLogits",
+           "softcap_identity", "stabilize"]
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -199,11 +201,15 @@ class Pass(Rule):
         return grad_output * ratio
 
 
+_FORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # norm module -> (centred, which gain)
+
+
 class FrozenNorm(Rule):
     """LayerNorm or RMSNorm with its statistic held constant: the gradient of ``a ⊙ (x − mean x) / σ + b``
     (LayerNorm) or ``a ⊙ x / rms(x)`` (RMSNorm) with σ treated as a number — the identity rule on the division
     of AttnLRP and CP-LRP. ``a`` is the weight, or 1 + weight for the norms that store it so (Gemma); which one
-    is found by reproducing the module's output, and a module whose output neither form reproduces is refused."""
+    is found by reproducing the module's output (once per module: the answer is kept), and a module whose output
+    neither form reproduces is refused."""
 
     def backward(self, grad_output: torch.Tensor, call: Call) -> torch.Tensor:
         module, x = call.module, call.input
@@ -213,31 +219,75 @@ class FrozenNorm(Rule):
             raise RuleError(f"FrozenNorm() found no eps on {call.name} ({type(module).__name__}); it knows LayerNorm "
                             f"and RMSNorm modules, so give this one a rule of its own.")
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        centered, a, scale = self._form(call, xf, eps)
+        if module not in _FORMS:               # found once per module (a check that synchronizes a GPU)
+            _FORMS[module] = self._form(call, xf, eps)
+        centered, gain = _FORMS[module]
+        xc = xf - xf.mean(-1, keepdim=True) if centered else xf
+        scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+        a = self._gains(module, xf.dtype)[gain]
         g = grad_output.to(xf.dtype) * a * scale
         if centered:
             g = g - g.mean(-1, keepdim=True)
         return g
 
     @staticmethod
-    def _form(call: Call, xf: torch.Tensor, eps: float) -> tuple[bool, torch.Tensor | float, torch.Tensor]:
-        """(centred or not, the gain a, 1/σ) that reproduce the module's output (names mislead: T5LayerNorm
-        is an RMSNorm)."""
-        module, y = call.module, call.output.to(xf.dtype)
+    def _gains(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor | float]:
         weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            return [1.0]
+        w = weight.detach().to(dtype)
+        return [w, 1.0 + w]
+
+    def _form(self, call: Call, xf: torch.Tensor, eps: float) -> tuple[bool, int]:
+        """(centred or not, which gain) that reproduce the module's output (names mislead: T5LayerNorm is an
+        RMSNorm)."""
+        module, y = call.module, call.output.to(xf.dtype)
         bias = getattr(module, "bias", None)
         b = bias.detach().to(xf.dtype) if isinstance(bias, torch.Tensor) else 0.0
         tol = dict(rtol=1e-2, atol=1e-3) if call.output.dtype in (torch.float16, torch.bfloat16) else \
             dict(rtol=1e-4, atol=1e-5)
-        gains: list[torch.Tensor | float] = [1.0]
-        if isinstance(weight, torch.Tensor):
-            w = weight.detach().to(xf.dtype)
-            gains = [w, 1.0 + w]
         for centered in ((True,) if isinstance(module, torch.nn.LayerNorm) else (False, True)):
             xc = xf - xf.mean(-1, keepdim=True) if centered else xf
             scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-            for a in gains:
+            for i, a in enumerate(self._gains(module, xf.dtype)):
                 if torch.allclose(a * xc * scale + b, y, **tol):
-                    return centered, a, scale
+                    return centered, i
         raise RuleError(f"FrozenNorm() could not reproduce the output of {call.name} ({type(module).__name__}) as "
                         f"a LayerNorm or RMSNorm (weight or 1 + weight); give this module a rule of its own.")
+
+
+class _CapIdentity(torch.autograd.Function):
+    """c · tanh(s / c) forward; backward: the identity rule, gradient × z / s."""
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, cap: float) -> torch.Tensor:
+        z = cap * torch.tanh(s / cap)
+        ctx.save_for_backward(torch.where(s == 0, torch.ones_like(s), z / torch.where(s == 0, torch.ones_like(s), s)))
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None
+
+
+def softcap_identity(scores: torch.Tensor, cap: float) -> torch.Tensor:
+    """A tanh soft-cap whose backward is the identity rule (relevance passes through it unchanged)."""
+    return _CapIdentity.apply(scores, cap)
+
+
+class SoftcapLogits(Rule):
+    """On the output projection of a model that soft-caps its logits after it (Gemma 2): the gradient arriving
+    has been multiplied by the cap's derivative 1 − tanh²; this undoes that and applies the identity rule's
+    z / l instead, then the projection's own backward."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def backward(self, grad_output: torch.Tensor, call: Call) -> torch.Tensor:
+        logits = call.output.to(torch.promote_types(call.output.dtype, torch.float32))
+        t = torch.tanh(logits / self.cap)
+        safe = torch.where(logits == 0, torch.ones_like(logits), logits)
+        identity = torch.where(logits == 0, torch.ones_like(logits), self.cap * t / safe)
+        derivative = (1 - t * t).clamp(min=torch.finfo(t.dtype).tiny)
+        return call.vjp(grad_output.to(logits.dtype) * identity / derivative)

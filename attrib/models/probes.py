@@ -73,13 +73,33 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     module.__dict__["_attrib_scaling"] = kwargs.get("scaling")    # what the scores are multiplied by (AtP*)
     query = probes.q_rot(query.transpose(1, 2)).transpose(1, 2)
     key = probes.k_rot(key.transpose(1, 2)).transpose(1, 2)
-    _, weights = eager(module, query, key, value, attention_mask, **kwargs)
+    capped = module.__dict__.get(SOFTCAP)
+    if capped is not None and kwargs.get("softcap"):
+        weights = _softcapped(module, query, key, attention_mask, kwargs, capped)
+    else:
+        _, weights = eager(module, query, key, value, attention_mask, **kwargs)
     weights = torch.nan_to_num(weights, nan=0.0)            # fully masked rows (left padding): no weights
     pattern = probes.pattern(weights.transpose(1, 2)).transpose(1, 2)
     repeat = pattern.shape[1] // value.shape[1]            # grouped-query attention: each key/value head serves
     values = value.repeat_interleave(repeat, dim=1) if repeat > 1 else value
     out = torch.matmul(pattern.to(values.dtype), values).transpose(1, 2).contiguous()
     return out, pattern
+
+
+SOFTCAP = "_attrib_softcap"     # on an attention module: fn(scores, cap) to use for a tanh soft-cap (LRP's rule)
+
+
+def _softcapped(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                kwargs: dict, capped: Any) -> torch.Tensor:
+    """The weights of an eager attention with a tanh soft-cap on the scores (Gemma 2), the cap computed by
+    ``capped(scores, cap)`` (an autograd function with the backward a rule wants)."""
+    repeat = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(repeat, dim=1) if repeat > 1 else key
+    scaling = kwargs.get("scaling") or module.head_dim ** -0.5
+    scores = capped(torch.matmul(query, key.transpose(2, 3)) * scaling, float(kwargs["softcap"]))
+    if mask is not None:
+        scores = scores + mask[:, :, :, : key.shape[-2]]
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def _register() -> None:
