@@ -19,10 +19,11 @@ Where attrib and the package differ, attrib does what the paper describes on eve
 
 - every LayerNorm / RMSNorm is frozen (:class:`~attrib.methods.rules.FrozenNorm`); the package swaps only
   ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm`` modules, so a Llama's own RMSNorm keeps its gradient there.
-- the softmax's temperature applies with every attention implementation: attrib computes it at the attention
-  weights (the family's eager attention through the probes of :mod:`attrib.models.probes`, installed for the call
-  and removed after if they were not there before), using that ``softmax(s / T)`` is the weights raised to
-  1/T and renormalized; the package patches ``torch.nn.functional.softmax``, which SDPA never calls.
+- the softmax's temperature applies with every attention implementation: for the call the model runs
+  :mod:`attrib.methods.gim_attention` (SDPA's forward; a backward that recomputes the weights and takes the
+  softmax's gradient at temperature T), and on a model whose attention probes the user installed, a rule on the
+  probed weights (:class:`TemperedSoftmax`, using that ``softmax(s / T)`` is the weights raised to 1/T and
+  renormalized); the package patches ``torch.nn.functional.softmax``, which SDPA never calls.
 - the q / k / v scales go on the projections' outputs (a gradient scale commutes with every backward step in
   between), so they apply with eager attention too; the package scales at SDPA's inputs only.
 """
@@ -72,20 +73,49 @@ class TemperedSoftmax(Rule):
 
 
 def _pairs(module: torch.nn.Module, freeze_norm: bool, temperature: float | None,
-           scales: tuple[float, float, float]) -> list[tuple]:
+           scales: tuple[float, float, float], at_probes: bool) -> list[tuple]:
     layout = layout_of(module)
     out: list[tuple] = []
     layers = module.get_submodule(layout.layers)
     for i, layer in enumerate(layers):
         if scales != (1.0, 1.0, 1.0):
             out += [(m, rule, f"{layout.layers}.{i}.{p}") for m, rule, p in _qkv_factors(layout, layer, *scales)]
-        if temperature is not None and temperature != 1.0:
+        if at_probes and temperature is not None and temperature != 1.0:
             attn = layer.get_submodule(probes.attention_path(layout))
             out.append((attn.get_submodule(f"{probes.CHILD}.pattern"), TemperedSoftmax(temperature),
                         f"{layout.layers}.{i}.{probes.attention_path(layout)}.softmax"))
     if freeze_norm:
         out += [(m, FrozenNorm(), path) for path, m in module.named_modules() if is_norm(m)]
     return out
+
+
+def _attentions(module: torch.nn.Module) -> list[torch.nn.Module]:
+    layout = layout_of(module)
+    return [layer.get_submodule(probes.attention_path(layout)) for layer in module.get_submodule(layout.layers)]
+
+
+def _use_tempered_attention(module: torch.nn.Module, temperature: float) -> None:
+    """The model's attention becomes ``attrib_gim`` (SDPA forward, tempered backward) until restored."""
+    from . import gim_attention
+
+    if not hasattr(module, "set_attn_implementation"):
+        raise MethodError(f"{type(module).__name__} is not a Hugging Face model with set_attn_implementation(), so "
+                          "GIM's softmax temperature cannot reach its attention; pass softmax_temperature=None.")
+    gim_attention.register()
+    module.__dict__["_attrib_gim_previous"] = module.config._attn_implementation
+    module.set_attn_implementation(gim_attention.NAME)
+    for attn in _attentions(module):
+        attn.__dict__[gim_attention.TEMPERATURE] = temperature
+
+
+def _restore_attention(module: torch.nn.Module) -> None:
+    from . import gim_attention
+
+    previous = module.__dict__.pop("_attrib_gim_previous", None)
+    for attn in _attentions(module):
+        attn.__dict__.pop(gim_attention.TEMPERATURE, None)
+    if previous is not None:
+        module.set_attn_implementation(previous)
 
 
 @releasing
@@ -111,11 +141,12 @@ def gim(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
     b = baseline_for(prep, baseline)
     scales = tuple(1.0 if s is None else float(s) for s in (q_scale, k_scale, v_scale))
     temperature = None if softmax_temperature is None else float(softmax_temperature)
-    had_probes = probes.installed(model.module)
-    if temperature not in (None, 1.0):
-        probes.install(model)
+    at_probes = probes.installed(model.module)      # probes the user installed: the temperature goes on them
+    tempered = temperature not in (None, 1.0)
     try:
-        pairs = _pairs(model.module, freeze_norm, temperature, scales)       # type: ignore[arg-type]
+        if tempered and not at_probes:
+            _use_tempered_attention(model.module, temperature)             # type: ignore[arg-type]
+        pairs = _pairs(model.module, freeze_norm, temperature, scales, at_probes)   # type: ignore[arg-type]
         x = prep.x
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
@@ -129,8 +160,8 @@ def gim(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
             sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
                             remember=(model.module, ("gim", tuple(x.shape[1:]), x.dtype)))
     finally:
-        if not had_probes:
-            probes.remove(model)
+        if tempered and not at_probes:
+            _restore_attention(model.module)
     values = sums[:, 0]
     info = dict(freeze_norm=freeze_norm, softmax_temperature=temperature, q_scale=scales[0], k_scale=scales[1],
                 v_scale=scales[2], baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor")

@@ -120,3 +120,27 @@ def test_gradient_shap_of_a_linear_model_is_exact_and_its_delta_vanishes_on_aver
     assert torch.isfinite(lm.values).all() and lm.values.shape[0] == IDS.shape[1]
     with pytest.raises(MethodError, match="n_samples=0"):
         attrib.gradient_shap(attrib.Model(lin), x, target=1, baselines=base, n_samples=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3"])
+def test_the_fused_tempered_attention_equals_the_rule_on_the_probed_weights(family):
+    hf = model(family, "sdpa")
+    fused = attrib.gim(attrib.LanguageModel(hf), IDS, target=TARGET)       # attrib_gim attention for the call
+    assert hf.config._attn_implementation == "sdpa"
+    probes.install(hf)
+    try:
+        probed = attrib.gim(attrib.LanguageModel(hf), IDS, target=TARGET)  # TemperedSoftmax on the pattern probe
+    finally:
+        probes.remove(hf)
+    # the probed eager attention takes Llama's and Qwen's softmax in float32, the fused backward in float64
+    torch.testing.assert_close(fused.values, probed.values, rtol=1e-6, atol=1e-8 * float(probed.values.abs().max()))
+
+
+def test_gim_on_a_padded_batch_equals_gim_prompt_by_prompt():
+    hf = model("llama", "sdpa")
+    lm = attrib.LanguageModel(hf)
+    prompts = [[5, 17, 23, 9, 41, 12], [8, 30, 2]]
+    batch = attrib.gim(lm, prompts, target=TARGET)
+    for ids, together in zip(prompts, batch):
+        alone = attrib.gim(lm, torch.tensor(ids), target=TARGET)
+        torch.testing.assert_close(together.values, alone.values, rtol=1e-7, atol=1e-10)
