@@ -10,10 +10,12 @@ samples), AttnLRP, CP-LRP, GIM, DeepLIFT (pad baseline), GradientSHAP (pad basel
 orders. ``attrib.faithfulness`` replaces tokens by the pad token's embedding, most relevant first, and reports the
 AOPC of deletion and of insertion, comprehensiveness and sufficiency (docs/rules.md, "Faithfulness").
 
-Checks: integrated gradients beats the random order on deletion AOPC by at least ``--min-margin`` (PASS/FAIL: the
-evaluation itself works); the paper's claim, AttnLRP above IG and above gradient × input on deletion AOPC, is
-reported as it comes out ("holds" / "does not hold"), not as a pass or fail. ``--quick``: 6 prompts. Run
-``python repro/faithfulness.py [--quick] [--device cpu|cuda] [--plot FILE]``; exit status 1 when a check fails.
+Checks: the most faithful method beats the random order on deletion AOPC by at least ``--min-margin`` (PASS/FAIL:
+the evaluation separates methods at all); the paper's claim, AttnLRP above IG and above gradient × input on
+deletion AOPC, is reported as it comes out ("holds" / "does not hold"), not as a pass or fail. The score is the
+target's probability (``--score prob``, as ERASER; ``logit`` and ``logprob`` also run: the methods explain that
+score and the curves measure it). ``--quick``: 6 prompts. Run ``python repro/faithfulness.py [--quick] [--device
+cpu|cuda] [--score prob|logit|logprob] [--plot FILE]``; exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -55,26 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-margin", type=float, default=0.0,
                         help="how far IG's deletion AOPC must be above the random order's")
     parser.add_argument("--plot", default=None, help="write the curves to this image file")
+    parser.add_argument("--score", default="prob", help="prob (default, as ERASER), logprob or logit")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     model = attrib.load_demo_model(device=args.device)
     texts = prompts()
     if args.quick:
         texts = texts[:3] + texts[50:53]
-    evaluation = attrib.faithfulness(model, texts)
+    evaluation = attrib.faithfulness(model, texts, score=args.score)
     print(f"{len(texts)} prompts on the demo model ({model.device}); target: the top prediction; tokens replaced "
-          f"by the pad token's embedding, most relevant first; score: logit")
+          f"by the pad token's embedding, most relevant first; score: {args.score}")
     print_table("Faithfulness (sorted by deletion AOPC; ↑ higher is better, ↓ lower is better)",
                 ("method", "AOPC deletion ↑", "AOPC insertion ↑", "comprehensiveness ↑", "sufficiency ↓"),
                 [tuple(row.split()) for row in evaluation.table().splitlines()[2:]])
     if args.plot:
         evaluation.plot().savefig(args.plot, dpi=100)
     aopc = {name: value for name, value in evaluation.top(len(evaluation.methods))}
-    margin = aopc["integrated_gradients"] - aopc["random"]
+    best = max((name for name in aopc if name != "random"), key=aopc.get)
+    margin = aopc[best] - aopc["random"]
     checks: list[Row] = [
-        ("IG beats the random order (deletion AOPC)", "any faithful method does",
-         f"{aopc['integrated_gradients']:.3f} vs {aopc['random']:.3f}",
-         "PASS" if margin >= args.min_margin else "FAIL"),
+        ("the best method beats the random order (deletion AOPC)", "the evaluation separates methods",
+         f"{best} {aopc[best]:.3f} vs {aopc['random']:.3f}", "PASS" if margin >= args.min_margin else "FAIL"),
     ]
     for other, label in (("integrated_gradients", "IG"), ("grad_x_input", "gradient × input")):
         holds = aopc["attnlrp"] > aopc[other]

@@ -23,6 +23,7 @@ EXPECTED = {
                                    "torch.Size([1, 2, 576]) torch.Size([1, 2, 576])"]),
     "03_ioi_patching.ipynb": (5, ["Pearson r (attribution vs activation patching, 270 heads"]),
     "04_saliency_vs_ig.ipynb": (5, ["integrated gradients"]),
+    "05_rules_and_faithfulness.ipynb": (2, ["AttnLRP: Σ relevance", "CP-LRP: Σ relevance", "AOPC deletion ↑"]),
     "06_circuits.ipynb": (2, ["eap-ig graph of 301 senders × 481 receivers (70651 edges)",
                               "EAP-IG: Pearson r with exact edge patching", "digraph circuit"]),
 }

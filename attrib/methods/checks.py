@@ -20,7 +20,8 @@ from ..models.language import LanguageModel
 if TYPE_CHECKING:
     from .inputs import Inputs
 
-__all__ = ["check_batch_size", "check_grad_mode", "nonfinite", "check_finite_inputs", "has_dropout"]
+__all__ = ["check_batch_size", "check_grad_mode", "nonfinite", "check_finite_inputs", "check_finite_values",
+           "has_dropout"]
 
 
 def check_batch_size(batch_size: Any) -> int | None:
@@ -91,6 +92,26 @@ def check_finite_inputs(prep: "Inputs") -> None:
     of = f" of input {item}" if prep.n_items > 1 else ""
     raise InputError(f"the input embeddings{of} contain {kind} at {what}, so every attribution would be {kind}; the "
                      "model's embedding weights are not finite for those token ids, fix or reload its weights.")
+
+
+def check_finite_values(method: str, values: torch.Tensor, prep: "Inputs") -> None:
+    """Refuse inf/NaN attributions of finite inputs (the model's own forward or backward went non-finite): name the
+    item, and for a left-padded batch on eager attention the likely cause (a fully masked query row)."""
+    found = nonfinite(values)
+    if found is None:
+        return
+    from ..errors import NonFiniteAttributionError
+
+    bad = [i for i in range(values.shape[0]) if not torch.isfinite(values[i]).all()]
+    of = f" for input {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if prep.n_items > 1 else ""
+    module = getattr(prep.model, "module", None)
+    eager = getattr(getattr(module, "config", None), "_attn_implementation", None) == "eager"
+    padded = prep.n_items > 1 and any(len(k) < prep.n_prompt for k in prep.keep)
+    hint = ("the model's eager attention gives NaN on a left-padded row that masks every key (a fully masked query "
+            "row); run it with attn_implementation='sdpa' (model.module.set_attn_implementation('sdpa')) or pass the "
+            "prompts one at a time") if eager and padded else \
+        "the model's forward or backward is not finite on these inputs; check its weights and dtype"
+    raise NonFiniteAttributionError(f"{method} produced {found}{of} although the inputs are finite; {hint}.")
 
 
 def has_dropout(module: torch.nn.Module) -> bool:

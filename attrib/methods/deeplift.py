@@ -32,7 +32,7 @@ from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
-from .checks import check_batch_size, check_finite_inputs, check_grad_mode
+from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import ACTIVATIONS, is_activation
 from .inputs import prepare
 from .passes import gradient_at
@@ -106,6 +106,7 @@ def deeplift(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
         sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
                         remember=(model.module, ("deeplift", tuple(x.shape[1:]), x.dtype)))
     values = sums[:, 0]
+    check_finite_values("deeplift", values, prep)
     language = prep.site.name == "embed"
     results = []
     for i in range(prep.n_items):

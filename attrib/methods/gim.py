@@ -44,7 +44,7 @@ from ..models.language import LanguageModel
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
-from .checks import check_batch_size, check_finite_inputs, check_grad_mode
+from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import _qkv_factors, is_norm
 from .inputs import prepare
 from .passes import gradient_at
@@ -163,6 +163,7 @@ def gim(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
         if tempered and not at_probes:
             _restore_attention(model.module)
     values = sums[:, 0]
+    check_finite_values("gim", values, prep)
     info = dict(freeze_norm=freeze_norm, softmax_temperature=temperature, q_scale=scales[0], k_scale=scales[1],
                 v_scale=scales[2], baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor")
     results = []

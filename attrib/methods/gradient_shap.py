@@ -36,7 +36,7 @@ from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
-from .checks import check_batch_size, check_finite_inputs, check_grad_mode
+from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .inputs import prepare
 from .passes import gradient_at
 
@@ -95,6 +95,7 @@ def gradient_shap(model: Model, inputs: Any, *, target: Any = None, contrast: An
     sums = run_rows(run, rows, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
                     remember=(model.module, ("gradient_shap", tuple(x.shape[1:]), x.dtype)))
     values = sums[:, 0] / n
+    check_finite_values("gradient_shap", values, prep)
     delta = _delta(model, prep, values, dist if distribution else mean_baseline, distribution)
     language = prep.site.name == "embed"
     results = []

@@ -38,7 +38,7 @@ from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
 from .batching import run_rows
-from .checks import check_batch_size, check_finite_inputs, check_grad_mode
+from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import composite
 from .inputs import Inputs, prepare
 from .passes import gradient_at
@@ -101,6 +101,7 @@ def gradient_with_rules(model: Model, prep: Inputs, pairs: list, batch_size: int
         sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
                         remember=(model.module, (key, tuple(x.shape[1:]), x.dtype)))
     scores = torch.stack([found[i] for i in range(prep.n_items)])
+    check_finite_values(key, sums[:, 0], prep)
     return sums[:, 0], scores
 
 

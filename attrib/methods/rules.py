@@ -250,7 +250,7 @@ class FrozenNorm(Rule):
             xc = xf - xf.mean(-1, keepdim=True) if centered else xf
             scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
             for i, a in enumerate(self._gains(module, xf.dtype)):
-                if torch.allclose(a * xc * scale + b, y, **tol):
+                if torch.allclose(a * xc * scale + b, y, equal_nan=True, **tol):   # NaN: the model's own
                     return centered, i
         raise RuleError(f"FrozenNorm() could not reproduce the output of {call.name} ({type(module).__name__}) as "
                         f"a LayerNorm or RMSNorm (weight or 1 + weight); give this module a rule of its own.")

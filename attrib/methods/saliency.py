@@ -41,6 +41,7 @@ from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
 from .batching import run_rows
+from .checks import check_finite_values
 from .inputs import check_batch_size, check_finite_inputs, check_grad_mode, prepare
 from .passes import gradient_at
 
@@ -95,6 +96,7 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
     sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
                     remember=(model.module, key))
     values = _smoothed(sums, n, smooth_type) if smooth else sums[:, 0]
+    check_finite_values("saliency", values, prep)
     options = dict(noise=noise, smooth_type=smooth_type, seed=seed) if smooth else {}
     info = {k: v for k, v in dict(mode=mode, smooth=smooth, **options).items() if v is not None}
     results = []

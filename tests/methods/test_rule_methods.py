@@ -83,3 +83,20 @@ def test_deeplift_on_a_language_model_reports_what_the_functional_softmax_and_no
         f = hf(input_ids=IDS).logits[0, -1, TARGET]
         f0 = hf(inputs_embeds=torch.zeros(1, IDS.shape[1], 32, dtype=torch.float64)).logits[0, -1, TARGET]
     assert abs(float(r.values.sum() - r.delta) - float(f - f0)) < 1e-9
+
+
+def test_nan_from_the_models_own_forward_is_named_not_returned(leakcheck):
+    """transformers' eager attention gives NaN on a left-padded row that masks every key (plain HF too)."""
+    torch.manual_seed(0)
+    hf = FAMILIES["llama"]().double().eval()
+    hf.set_attn_implementation("eager")
+    check = leakcheck(hf)
+    prompts = [[5, 17, 23, 9, 41, 12], [8, 30, 2]]
+    for method in (attrib.saliency, attrib.lrp, attrib.deeplift, attrib.gradient_shap):
+        with pytest.raises(attrib.NonFiniteAttributionError, match="for input 1 .*attn_implementation='sdpa'"):
+            method(attrib.LanguageModel(hf), prompts, target=TARGET)
+    check.assert_clean()
+    # GIM runs its own attention (SDPA's forward with the additive mask): the padded row is finite there
+    assert torch.isfinite(attrib.gim(attrib.LanguageModel(hf), prompts, target=TARGET)[1].values).all()
+    hf.set_attn_implementation("sdpa")
+    assert torch.isfinite(attrib.lrp(attrib.LanguageModel(hf), prompts, target=TARGET)[1].values).all()
