@@ -24,6 +24,7 @@ opened the block and are removed when it closes, also after an error (``finally`
 
 from __future__ import annotations
 
+import abc
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -79,12 +80,12 @@ class Call:
                             f"operation that changes it out of place (or its module inplace=False).")
 
 
-class Rule:
+class Rule(abc.ABC):
     """A module's local backward, replaced: subclass and define :meth:`backward`."""
 
+    @abc.abstractmethod
     def backward(self, grad_output: torch.Tensor, call: Call) -> torch.Tensor:
         """The gradient for the module's input, given the gradient at its output."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

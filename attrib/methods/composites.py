@@ -36,7 +36,8 @@ from ..errors import MethodError, RuleError
 from ..models.layouts import Layout, layout_of
 from .rules import AlphaBeta, Epsilon, FrozenNorm, Gamma, Norm, Pass, SoftcapLogits, ZBox, ZPlus, softcap_identity
 
-__all__ = ["Composite", "composite", "transformer", "NAMES", "CONVOLUTIONS", "ACTIVATIONS"]
+__all__ = ["Composite", "composite", "transformer", "qkv_factors", "is_norm", "is_activation", "NAMES", "CONVOLUTIONS",
+           "ACTIVATIONS"]
 
 CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
                 torch.nn.ConvTranspose3d)
@@ -162,7 +163,9 @@ def is_activation(module: torch.nn.Module) -> bool:
         next(module.parameters(recurse=False), None) is None
 
 
-def _qkv_factors(layout: Layout, layer: torch.nn.Module, q: float, k: float, v: float) -> list[tuple]:
+def qkv_factors(layout: Layout, layer: torch.nn.Module, q: float, k: float, v: float) -> list[tuple]:
+    """``(module, Scale, path)`` multiplying the gradient of one layer's query, key and value by q, k and v (per
+    feature on a fused projection)."""
     projections = [layer.get_submodule(p) for p in layout.qkv]
     if layout.fused is None:
         return [(m, Scale(f), p) for m, f, p in zip(projections, (q, k, v), layout.qkv)]
@@ -253,7 +256,7 @@ def transformer(variant: str = "attnlrp") -> Composite:
         out: list[tuple] = _encoder_decoder(root, cp) if getattr(_config(root), "is_encoder_decoder", False) else []
         for i, layer in enumerate([] if out else layers):
             prefix = f"{layout.layers}.{i}"
-            for m, rule, p in _qkv_factors(layout, layer, *((0.0, 0.0, 1.0) if cp else (0.25, 0.25, 0.5))):
+            for m, rule, p in qkv_factors(layout, layer, *((0.0, 0.0, 1.0) if cp else (0.25, 0.25, 0.5))):
                 out.append((m, rule, f"{prefix}.{p}"))
             if layout.mlp and _is_moe(layer.get_submodule(layout.mlp)):
                 out.extend(_moe_pairs(layer.get_submodule(layout.mlp), f"{prefix}.{layout.mlp}", cp))

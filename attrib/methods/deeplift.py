@@ -32,6 +32,7 @@ from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
+from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import ACTIVATIONS, is_activation
 from .inputs import prepare
@@ -107,13 +108,6 @@ def deeplift(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
                         remember=(model.module, ("deeplift", tuple(x.shape[1:]), x.dtype)))
     values = sums[:, 0]
     check_finite_values("deeplift", values, prep)
-    language = prep.site.name == "embed"
-    results = []
-    for i in range(prep.n_items):
-        v = values[i, prep.keep[i].to(values.device)] if language else values[i]
-        delta = (values[i].sum() - diffs[i].to(values.dtype)).detach()
-        results.append(Attribution(tokens=list(prep.labels[i]), scores=v.sum(-1) if language else v, values=v,
-                                   delta=delta, target=prep.describe(i), method="deeplift",
-                                   info=dict(baseline=baseline if isinstance(baseline, (str, int, float)) else
-                                             "tensor")))
-    return results[0] if prep.single else results
+    totals = torch.stack([diffs[i] for i in range(prep.n_items)])
+    info = dict(baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor")
+    return attributions(prep, values, "deeplift", totals=totals, info=info)

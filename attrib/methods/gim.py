@@ -44,8 +44,9 @@ from ..models.language import LanguageModel
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
+from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
-from .composites import _qkv_factors, is_norm
+from .composites import is_norm, qkv_factors
 from .inputs import prepare
 from .passes import gradient_at
 from .rules import FrozenNorm
@@ -79,7 +80,7 @@ def _pairs(module: torch.nn.Module, freeze_norm: bool, temperature: float | None
     layers = module.get_submodule(layout.layers)
     for i, layer in enumerate(layers):
         if scales != (1.0, 1.0, 1.0):
-            out += [(m, rule, f"{layout.layers}.{i}.{p}") for m, rule, p in _qkv_factors(layout, layer, *scales)]
+            out += [(m, rule, f"{layout.layers}.{i}.{p}") for m, rule, p in qkv_factors(layout, layer, *scales)]
         if at_probes and temperature is not None and temperature != 1.0:
             attn = layer.get_submodule(probes.attention_path(layout))
             out.append((attn.get_submodule(f"{probes.CHILD}.pattern"), TemperedSoftmax(temperature),
@@ -166,9 +167,4 @@ def gim(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
     check_finite_values("gim", values, prep)
     info = dict(freeze_norm=freeze_norm, softmax_temperature=temperature, q_scale=scales[0], k_scale=scales[1],
                 v_scale=scales[2], baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor")
-    results = []
-    for i in range(prep.n_items):
-        v = values[i, prep.keep[i].to(values.device)]
-        results.append(Attribution(tokens=list(prep.labels[i]), scores=v.sum(-1), values=v, delta=None,
-                                   target=prep.describe(i), method="gim", info=info))
-    return results[0] if prep.single else results
+    return attributions(prep, values, "gim", info=info)

@@ -36,6 +36,7 @@ from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
+from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .inputs import prepare
 from .passes import gradient_at
@@ -96,19 +97,14 @@ def gradient_shap(model: Model, inputs: Any, *, target: Any = None, contrast: An
                     remember=(model.module, ("gradient_shap", tuple(x.shape[1:]), x.dtype)))
     values = sums[:, 0] / n
     check_finite_values("gradient_shap", values, prep)
-    delta = _delta(model, prep, values, dist if distribution else mean_baseline, distribution)
-    language = prep.site.name == "embed"
-    results = []
-    for i in range(prep.n_items):
-        v = values[i, prep.keep[i].to(values.device)] if language else values[i]
-        results.append(Attribution(tokens=list(prep.labels[i]), scores=v.sum(-1) if language else v, values=v,
-                                   delta=delta[i], target=prep.describe(i), method="gradient_shap",
-                                   info=dict(n_samples=n, stdevs=float(stdevs), seed=seed)))
-    return results[0] if prep.single else results
+    totals = _expected(model, prep, dist if distribution else mean_baseline, distribution)
+    return attributions(prep, values, "gradient_shap", totals=totals,
+                        info=dict(n_samples=n, stdevs=float(stdevs), seed=seed))
 
 
-def _delta(model: Model, prep: Any, values: torch.Tensor, baselines: torch.Tensor, distribution: bool) -> torch.Tensor:
-    """Σ attribution − (f(x) − mean f(baseline)) per item (the baselines' mean score over the distribution)."""
+def _expected(model: Model, prep: Any, baselines: torch.Tensor, distribution: bool) -> torch.Tensor:
+    """f(x) − mean f(baseline) per item (the baselines' mean score over the distribution): what the
+    attributions sum to in expectation."""
     def score(rows_x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         args, kwargs = prep.call(items)
         with torch.no_grad(), model.trace(*args, **kwargs):
@@ -123,5 +119,4 @@ def _delta(model: Model, prep: Any, values: torch.Tensor, baselines: torch.Tenso
         f_b = score(baselines.repeat(prep.n_items, *(1,) * (baselines.dim() - 1)), grid).view(prep.n_items, k).mean(1)
     else:
         f_b = score(baselines, items)
-    totals = values.reshape(prep.n_items, -1).sum(-1)
-    return (totals - (f_x - f_b).to(totals.dtype)).detach()
+    return (f_x - f_b).detach()

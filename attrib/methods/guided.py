@@ -36,6 +36,7 @@ from ..errors import MethodError
 from ..results import Attribution
 from .checks import check_batch_size, check_finite_inputs, check_grad_mode
 from .inputs import prepare
+from .collect import attributions
 from .lrp import gradient_with_rules
 
 __all__ = ["guided_backprop", "deconvolution", "GuidedReLU", "DeconvReLU"]
@@ -67,13 +68,7 @@ def _run(name: str, rule: Rule, model: Model, inputs: Any, target: Any, contrast
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric, batch_size=batch_size)
     check_finite_inputs(prep)
     values, _ = gradient_with_rules(model, prep, pairs, batch_size, name, times_input=False)
-    language = prep.site.name == "embed"
-    results = []
-    for i in range(prep.n_items):
-        v = values[i, prep.keep[i].to(values.device)] if language else values[i]
-        results.append(Attribution(tokens=list(prep.labels[i]), scores=v.norm(dim=-1) if language else v, values=v,
-                                   delta=None, target=prep.describe(i), method=name))
-    return results[0] if prep.single else results
+    return attributions(prep, values, name, norm=True)
 
 
 @releasing

@@ -37,6 +37,7 @@ from ..core.rules import Rules
 from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
+from .collect import attributions
 from .batching import run_rows
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import composite
@@ -76,7 +77,7 @@ def lrp(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
                           "be plain gradient × input; choose rules that match its modules.")
     with comp.context(model.module):
         relevance, scores = gradient_with_rules(model, prep, pairs, batch_size, "lrp", times_input=True)
-    return _results(prep, relevance, scores, "lrp", dict(rules=getattr(comp, "name", str(name)), **options))
+    return attributions(prep, relevance, "lrp", totals=scores, info=dict(rules=getattr(comp, "name", str(name)), **options))
 
 
 def gradient_with_rules(model: Model, prep: Inputs, pairs: list, batch_size: int | None, key: str,
@@ -103,17 +104,3 @@ def gradient_with_rules(model: Model, prep: Inputs, pairs: list, batch_size: int
     scores = torch.stack([found[i] for i in range(prep.n_items)])
     check_finite_values(key, sums[:, 0], prep)
     return sums[:, 0], scores
-
-
-def _results(prep: Inputs, values: torch.Tensor, scores: torch.Tensor, method: str,
-             info: dict) -> Attribution | list[Attribution]:
-    language = prep.site.name == "embed"
-    results = []
-    for i in range(prep.n_items):
-        v = values[i, prep.keep[i].to(values.device)] if language else values[i]
-        per = v.sum(-1) if language else v
-        total = values[i].sum()
-        delta = (total - scores[i].to(total.dtype)).detach()
-        results.append(Attribution(tokens=list(prep.labels[i]), scores=per, values=v, delta=delta,
-                                   target=prep.describe(i), method=method, info=info))
-    return results[0] if prep.single else results
