@@ -18,6 +18,7 @@ from .methods import (activation_patching, attribution_patching, circuit_faithfu
                       edge_attribution_patching, edge_patching, faithfulness, generate_and_attribute, gim,
                       gradient_shap, guided_backprop, integrated_gradients, lrp, path_profile, saliency)
 from .results import Attribution, Evaluation, Faithfulness, Graph, PatchingResult, PathProfile, load
+from .runs import run_dataset
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,4 @@ __all__ = ["Model", "LanguageModel", "load_demo_model", "save", "integrated_grad
            "attribution_patching", "activation_patching", "path_profile", "generate_and_attribute",
            "edge_attribution_patching", "edge_patching", "circuit_faithfulness", "lrp", "deeplift", "guided_backprop",
            "deconvolution", "gim", "gradient_shap", "faithfulness", "Attribution", "Evaluation", "PatchingResult",
-           "PathProfile", "Graph", "Faithfulness", "load", *_errors]
+           "PathProfile", "Graph", "Faithfulness", "load", "run_dataset", *_errors]

@@ -30,7 +30,7 @@ __all__ = [
     # models
     "DemoModelError", "LayoutError", "CompiledModuleError",
     # methods and results
-    "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError", "RuleError",
+    "MethodError", "TargetError", "NonFiniteAttributionError", "ResultFileError", "RuleError", "RunError",
     # drawing
     "PlotError", "OptionError",
     # warnings
@@ -156,6 +156,10 @@ class NonFiniteAttributionError(AttribError, FloatingPointError):
 class ResultFileError(AttribError, ValueError):
     """A result file that cannot be written or read back (a path that is no path, a missing folder or file, a
     malformed header, another kind of result, a newer format)."""
+
+
+class RunError(AttribError, ValueError):
+    """A dataset run (``attrib run`` / ``attrib.run_dataset``) that cannot start, resume or be reported."""
 
 
 # -- drawing ------------------------------------------------------------------------------------------

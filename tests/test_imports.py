@@ -22,6 +22,7 @@ ALLOWED = {
     "models": {"errors", "core"},
     "results": {"errors", "viz"},
     "methods": {"errors", "core", "models", "results", "viz"},
+    "runs": {"errors", "core", "models", "results", "viz", "methods"},
 }
 
 

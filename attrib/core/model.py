@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .devices import input_device, moved
 from .envoy import Envoy, display_path
 from ..errors import InputError, NotInTraceError
 from .release import release
@@ -58,24 +59,31 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        for p in self._module.parameters():
-            return p.device
-        return torch.device("cpu")
+        """The device inputs go to (:mod:`attrib.core.devices`): the first parameter's, or for a model dispatched
+        over several devices by accelerate (``device_map=...``, ``dispatch_model``, offloading) the execution
+        device of its input embedding. Methods compute their results there."""
+        device, owner, hook = input_device(self._module)
+        object.__setattr__(self, "_device_source", (owner, hook, device))
+        return device
 
     def _quick_device(self) -> torch.device:
-        """The device of the first parameter of the module that held the model's first parameter last time: a
-        dictionary lookup instead of a walk of the module tree (``parameters()``). It can be stale once the tree
-        is edited, so a mismatch is checked again against :attr:`device` before it is reported."""
-        owner = self.__dict__.get("_param_owner")
-        if owner is not None:
-            for p in owner._parameters.values():
-                if p is not None:
-                    return p.device
-        for m in self._module.modules():
-            if any(p is not None for p in m._parameters.values()):
-                object.__setattr__(self, "_param_owner", m)
-                return self._quick_device()
-        return torch.device("cpu")
+        """:attr:`device` from what found it last time (the first parameter's module, or the dispatch hook that
+        names the input device): a dictionary lookup instead of a walk of the module tree. It can be stale once the
+        tree is edited or dispatched, so a mismatch is checked again against :attr:`device` before it counts."""
+        source = self.__dict__.get("_device_source")
+        if source is not None:
+            owner, hook, device = source
+            if hook is None:
+                for p in owner._parameters.values():
+                    if p is not None:
+                        return p.device
+            elif owner.__dict__.get("_hf_hook") is hook:
+                return device
+        return self.device
+
+    def _hooked(self) -> bool:
+        """Whether the last :attr:`device` came from accelerate's hooks (a dispatched model)."""
+        return self.__dict__["_device_source"][1] is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -205,8 +213,7 @@ class Model:
         """
         if not args and not kwargs:
             return Invoker(self, param_grads)
-        args, kwargs = self._prepare(args, kwargs)
-        self._check_devices(args, kwargs)
+        args, kwargs = self._place(*self._prepare(args, kwargs))
         return Trace(self, args, kwargs, param_grads=param_grads)
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -220,19 +227,24 @@ class Model:
             raise InputError("model.trace() got no inputs; pass what the wrapped module's forward takes.")
         return args, kwargs
 
-    def _check_devices(self, args: tuple, kwargs: dict) -> None:
+    def _place(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The inputs, on the model's input device: a dispatched model's are moved there (as its own root hook
+        would move them); any other model's must already be there (a clear error, nothing moved silently)."""
         device = None
         for t in tensors_in((args, kwargs)):
             if device is None:
                 device = self._quick_device()
-                if device.type == "meta":
+                if device.type == "meta" and (device := self.device).type == "meta" and not self._hooked():
                     raise InputError(
                         f"the parameters of {type(self._module).__name__} are on the meta device, so they hold no "
                         "values to compute with; load its weights first (e.g. module.to_empty(device='cpu') and then "
                         "load_state_dict(...)), then trace it."
                     )
             if t.device != device and t.device != (device := self.device):
+                if self._hooked():
+                    return moved(args, device), moved(kwargs, device)
                 raise InputError(
                     f"an input tensor of shape {tuple(t.shape)} is on {t.device}, but the model is on {device}; "
                     f"move it with .to({str(device)!r}) first."
                 )
+        return args, kwargs

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..errors import RuleError
+from .devices import functional_call
 
 __all__ = ["Rule", "Scale", "Call", "Rules", "RuleFunction", "as_rule"]
 
@@ -61,7 +62,7 @@ class Call:
             with torch.enable_grad():
                 arg = x.clone() if getattr(self.module, "inplace", False) is True else x   # in-place: on a copy
                 if params:
-                    out = torch.func.functional_call(self.module, dict(params), (arg,), strict=False)
+                    out = functional_call(self.module, dict(params), (arg,))     # accelerate's hook skipped
                 else:
                     out = self.module.forward(arg)      # no hooks: the recomputation is not part of any trace
         finally:

@@ -120,13 +120,14 @@ def _senders(nodes: _Nodes, model: Model, clean: dict[Site, torch.Tensor], corru
              acc: torch.dtype) -> torch.Tensor:
     """(senders, rows, positions, hidden): each sender's output on clean minus on corrupted."""
     rows = [(clean[nodes.resid[0]] - corrupted[nodes.resid[0]]).to(acc)[None]]
+    device = rows[0].device                                 # a dispatched model's later layers may live elsewhere
     for l in nodes.layers:
         dz = nodes.z[l].take(clean[nodes.z[l]]) - nodes.z[l].take(corrupted[nodes.z[l]])
         per_head = head_outputs(model, nodes.z[l], dz.to(acc))                  # (rows, positions, heads, hidden)
-        rows.append(per_head.permute(2, 0, 1, 3))
+        rows.append(per_head.permute(2, 0, 1, 3).to(device))
         mlp = nodes.mlp[l]                                  # (rows · positions, hidden) for OPT: unflatten
         diff = (clean[mlp] - corrupted[mlp]).reshape(*rows[0].shape[1:3], -1)
-        rows.append(diff.to(acc)[None])
+        rows.append(diff.to(device=device, dtype=acc)[None])
     return torch.cat(rows)
 
 
@@ -224,9 +225,10 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
             m_corrupted = m_rows if m_corrupted is None else torch.cat([m_corrupted, m_rows])
         pair_of, weight_of = items.to(first_clean.device), rows_weight.to(first_clean.device)
 
-        def reduce(v: torch.Tensor) -> torch.Tensor:
+        def reduce(v: torch.Tensor) -> torch.Tensor:        # into the pairs, on the first layer's device
+            v = v.detach().to(pair_of.device)
             out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
-            return out.index_add_(0, pair_of, v.detach() * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1)))
+            return out.index_add_(0, pair_of, v * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1)))
 
         with torch.enable_grad():          # the caller may be under torch.no_grad(): the sum joins the graph
             part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)    # (R, pairs, T, d)

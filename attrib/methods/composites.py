@@ -31,6 +31,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 
+from ..core.devices import hook_device
 from ..core.rules import Rule, Scale, as_rule
 from ..errors import MethodError, RuleError
 from ..models.layouts import Layout, layout_of
@@ -178,8 +179,14 @@ def qkv_factors(layout: Layout, layer: torch.nn.Module, q: float, k: float, v: f
     else:                                        # q | k | v
         hd = width // (nh + 2 * nkv)
         values = [q] * (nh * hd) + [k] * (nkv * hd) + [v] * (nkv * hd)
-    factor = torch.tensor(values, dtype=fused.weight.dtype, device=fused.weight.device)   # no copy per backward
+    factor = torch.tensor(values, dtype=fused.weight.dtype, device=_device_of(fused))   # no copy per backward
     return [(fused, Scale(factor), layout.qkv[0])]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its weight's device, or its accelerate hook's when the weight is offloaded."""
+    device = module.weight.device
+    return (hook_device(module) or device) if device.type == "meta" else device
 
 
 _GATED = (("gate_proj", "up_proj", "down_proj"), ("gate_up_proj", None, "down_proj"), ("wi_0", "wi_1", "wo"),
@@ -196,7 +203,7 @@ def _gated_pairs(mlp: torch.nn.Module, path: str, cp: bool) -> list[tuple]:
         if cp:                                   # CP-LRP: no relevance through the gate
             if up is None:                       # fused gate | up (Phi-3)
                 half = g.weight.shape[0] // 2
-                factor = torch.tensor([0.0] * half + [1.0] * half, dtype=g.weight.dtype, device=g.weight.device)
+                factor = torch.tensor([0.0] * half + [1.0] * half, dtype=g.weight.dtype, device=_device_of(g))
                 pairs = [(g, Scale(factor), f"{path}.{gate}")]
             else:
                 pairs = [(g, Scale(0.0), f"{path}.{gate}")]

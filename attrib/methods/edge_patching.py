@@ -80,11 +80,11 @@ def _values(pairs: Pairs, nodes: _Nodes, model: Model, inputs: Inputs, acc: torc
             saved.append(nodes.z[l].read(model).save())
             saved.append(nodes.mlp[l].module_value(model).save())
         metric = inputs.scores(model.output, rows).sum(-1).save()
-    shape = saved[0].shape
+    shape, device = saved[0].shape, saved[0].device        # a dispatched model's layers may live elsewhere
     out = [saved[0].to(acc)[None]]
     for l in nodes.layers:
-        out.append(head_outputs(model, nodes.z[l], saved[1 + 2 * l].to(acc)).permute(2, 0, 1, 3))
-        out.append(saved[2 + 2 * l].reshape(shape).to(acc)[None])
+        out.append(head_outputs(model, nodes.z[l], saved[1 + 2 * l].to(acc)).permute(2, 0, 1, 3).to(device))
+        out.append(saved[2 + 2 * l].reshape(shape).to(device=device, dtype=acc)[None])
     return torch.cat(out).detach(), metric.double().cpu()
 
 
@@ -111,7 +111,7 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
                     name = f"L{l}H{h}.{k}" if f"L{l}H{h}.{k}" in receivers else f"L{l}KV{h}.{k}"
                     fix = plan.correction(receivers[name])
                     if fix is not None:
-                        part[:, :, h] = where.take(module(ln(resid + fix.to(resid.dtype))))[:, :, h]
+                        part[:, :, h] = where.take(module(ln(resid + fix.to(resid))))[:, :, h]
                 new = where.put(full, part)
                 written[id(where.module_value(model))] = new
                 if k == "v" or where.path != nodes.qkv[l][("qkv".index(k) + 1) % 3].path:
@@ -124,17 +124,17 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
                 into, out = norm(l, layout.ln_mlp, "input"), norm(l, layout.ln_mlp, "output")
                 x = into.read(model)
                 module = model.module.get_submodule(into.path)
-                out.write(model, module(x + fix.to(x.dtype).reshape(x.shape)))
+                out.write(model, module(x + fix.to(x).reshape(x.shape)))
             elif fix is not None:                         # no norm: the MLP reads the stream + fix
                 into = Site(f"mlp_in.{l}", nodes.mlp[l].path, "input", l)
                 x = into.read(model)
-                into.write(model, x + fix.to(x.dtype).reshape(x.shape))
+                into.write(model, x + fix.to(x).reshape(x.shape))
             mlp = nodes.mlp[l].module_value(model)
             plan.add(mlp.reshape(resid.shape).to(plan.source.dtype))
         fix = plan.correction(receivers["logits"])
         if fix is not None:
             last = nodes.last.read(model)
-            nodes.last.write(model, last + fix.to(last.dtype))
+            nodes.last.write(model, last + fix.to(last))
         metric = inputs.scores(model.output, rows).sum(-1).save()
     return metric.double().cpu()
 

@@ -20,6 +20,12 @@ list of results (also a list of one string gives a list of one).
   input is the start token and the continuation).
 - Plain models (:class:`attrib.Model`): ``inputs`` is a tensor with a batch dimension; the attributed values
   are that tensor (site ``input``). ``target`` is a class id, one per row, a callable on the output, or None.
+
+Devices: everything prepared here (ids, masks, the attributed values ``x``, target ids) is on the model's input
+device, ``model.device`` (for a model dispatched over several devices by accelerate, where its input embedding
+runs: :mod:`attrib.core.devices`). Token ids are moved there; a plain model's input tensor is moved there when the
+model is dispatched, and refused on another device otherwise. ``call`` and ``scores`` take row indices from any
+device.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..core.devices import is_dispatched
 from ..core.model import Model
 from ..errors import InputError, MethodError, TargetError, TrainModeWarning
 from ..models.ids import as_ids
@@ -70,8 +77,9 @@ class Inputs:
         return 1 if self.ids is None else self.ids.shape[1]
 
     def call(self, items: torch.Tensor) -> tuple[tuple, dict]:
-        """The forward's arguments for rows that copy ``items`` (one row per entry)."""
-        return self.call_args(items)
+        """The forward's arguments for rows that copy ``items`` (one row per entry), on the model's input device
+        (``items`` may come from any device)."""
+        return self.call_args(items.to(self.x.device))
 
     def scores(self, output: Any, items: torch.Tensor) -> torch.Tensor:
         """(rows, n_out): each row's score of its item's target tokens (a metric: one column)."""
@@ -87,8 +95,10 @@ class Inputs:
                     f"logits of shape {tuple(logits.shape)} ({self._copies(rows)}) it returned {got}; reduce the "
                     "other dimensions, e.g. lambda logits: logits[:, -1, token_id].")
             return value.unsqueeze(1)
-        contrast = None if self.contrast is None else self.contrast[items]
-        return token_scores(logits_of(output), self.ids[items], contrast, self.targets[0].score)
+        logits = logits_of(output)                   # on the device the output lives on: the ids go there
+        items = items.to(self.ids.device)
+        contrast = None if self.contrast is None else self.contrast[items].to(logits.device)
+        return token_scores(logits, self.ids[items].to(logits.device), contrast, self.targets[0].score)
 
     def describe(self, i: int) -> str:
         return self.targets[i].describe()
@@ -291,10 +301,11 @@ def _plain(model: Model, inputs: Any, target: Any, contrast: Any, score: str, me
         got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise InputError(f"attrib.Model({type(model.module).__name__}) takes a non-empty tensor with a batch "
                          f"dimension first, got {got}; for one input of shape {got[6:] or '(...)'} pass x[None].")
-    if inputs.device != model.device:
-        raise InputError(f"the input tensor is on {inputs.device}, but the model is on {model.device}; move it with "
-                         f".to({str(model.device)!r}) first.")
-    x = inputs.detach()
+    device = model.device
+    if inputs.device != device and not is_dispatched(model.module):
+        raise InputError(f"the input tensor is on {inputs.device}, but the model is on {device}; move it with "
+                         f".to({str(device)!r}) first.")
+    x = inputs.detach().to(device)                # a dispatched model's inputs go where its first module runs
     n = x.shape[0]
     if check_count is not None:
         check_count(n, n == 1)

@@ -214,7 +214,8 @@ def _layer_value(prep: Inputs, where: Site, replace: torch.Tensor | None, batch_
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         args, kwargs = prep.call(rows)
-        value = values_at(model, [where], args, kwargs, None if replace is None else (prep.site, replace[rows]))[0]
+        value = values_at(model, [where], args, kwargs, None if replace is None else (prep.site, replace[rows]),
+                          device=prep.x.device)[0]      # on the input device, where the integration runs
         if value.dim() == 0 or value.shape[0] != len(rows):
             raise MethodError(f"layer={where.name!r} has a value of shape {tuple(value.shape)} for {len(rows)} input "
                               "rows, not one value per row; attribute to a module whose output has the batch first.")

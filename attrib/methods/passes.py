@@ -1,6 +1,11 @@
 """The passes methods ask the core for: one traced forward with a site's value replaced, and the gradient of
 scores with respect to that value (one backward, or one vmapped backward for several scores).
 
+Devices: a model dispatched over several devices (:mod:`attrib.core.devices`) computes each site on its own
+device. The value a pass is given may live on another (the caller's: the model's input device); it is moved
+into the site for the forward, and the scores and gradients come back on the value's device. ``values_at``
+returns values where they live; a caller that combines sites moves them (:func:`values_at`'s ``device``).
+
 >>> import torch, attrib
 >>> from attrib.methods.passes import gradient_at
 >>> from attrib.models.sites import site
@@ -31,7 +36,7 @@ def gradient_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callab
     ``score_fn(model_output)`` scores each row (any shape with rows first). Rows are independent, so the
     gradient of their sum is each row's own gradient. No parameter gradient is computed. For a site that is
     part of its module's value (heads, a fused projection's q), the gradient is taken at the module's value
-    and the site's part of it is returned.
+    and the site's part of it is returned. Scores and gradient are on ``value``'s device.
     """
     leaf = value.detach().requires_grad_(True)
     with torch.enable_grad(), model.trace(*args, **kwargs):
@@ -40,7 +45,7 @@ def gradient_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callab
         scores = score_fn(model.output)
         with scores.sum().backward():
             grad = where.take(full.grad).save()
-    return scores.detach(), grad
+    return scores.detach().to(value.device), grad.to(value.device)
 
 
 def jacobian_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callable[[Any], torch.Tensor],
@@ -49,7 +54,8 @@ def jacobian_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callab
     column's gradient in one batched vector-Jacobian product: (scores (R, n), grads (R, n, ...)).
 
     The forward runs once for all ``n`` scores; the backward is vmapped over the ``n`` unit vectors
-    (``is_grads_batched``), and only ``value``'s gradient is computed, never the parameters'.
+    (``is_grads_batched``), and only ``value``'s gradient is computed, never the parameters'. Scores and
+    gradients are on ``value``'s device.
     """
     leaf = value.detach().requires_grad_(True)
     with torch.enable_grad(), model.trace(*args, **kwargs):
@@ -59,7 +65,7 @@ def jacobian_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callab
         units = torch.eye(n, dtype=scores.dtype, device=scores.device).unsqueeze(1).expand(n, *scores.shape)
         try:
             (grads,) = torch.autograd.grad(scores, leaf, units, is_grads_batched=True, retain_graph=True)
-            return scores.detach(), grads.movedim(0, 1)
+            return scores.detach().to(value.device), grads.movedim(0, 1)
         except RuntimeError as err:
             if is_oom(err) and value.shape[0] > 1:
                 raise                               # the caller halves the batch and retries
@@ -67,17 +73,19 @@ def jacobian_at(model: Model, where: Site, value: torch.Tensor, score_fn: Callab
             # for n gradients at once even at one row: one backward per column, still one forward
             free_after_oom(err, value.device)
         grads = [torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=j < n - 1)[0] for j in range(n)]
-        return scores.detach(), torch.stack(grads, dim=1)
+        return scores.detach().to(value.device), torch.stack(grads, dim=1)
 
 
 def values_at(model: Model, sites: list[Site], args: tuple, kwargs: dict,
-              replace: tuple[Site, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """One no-grad forward: the values at ``sites`` (in execution order), with one site's value replaced."""
+              replace: tuple[Site, torch.Tensor] | None = None, device: torch.device | None = None
+              ) -> list[torch.Tensor]:
+    """One no-grad forward: the values at ``sites`` (in execution order), with one site's value replaced; each
+    where its site lives, or moved to ``device``."""
     with torch.no_grad(), model.trace(*args, **kwargs):
         if replace is not None:
             replace[0].write(model, replace[1])
         values = [s.read(model).detach().save() for s in sites]
-    return values
+    return values if device is None else [v.to(device) for v in values]
 
 
 def item_gradients(prep: Any, where: Site, value: torch.Tensor, item: torch.Tensor, n_out: int

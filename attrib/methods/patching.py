@@ -57,11 +57,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..core.model import Model
-from ..core.release import free_after_oom, is_oom, releasing
+from ..core.release import releasing
 from ..errors import MethodError
 from ..models.sites import Site, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_grad_mode
+from .planning import each_chunk
 from . import atp_star as star
 from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, ordered, prepare_pairs
 
@@ -96,25 +97,13 @@ def _dot(diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tens
     return prod.transpose(1, 2) if prod.dim() == 3 else prod
 
 
-def _chunks(total: int, batch_size: int | None, default: int, device: torch.device,
+def _chunks(total: int, batch_size: int | None, pairs: Pairs, kind: tuple,
             run: Callable[[torch.Tensor], None]) -> tuple[int, int]:
-    """``run`` over ``arange(total)`` in chunks of ``batch_size`` (``None``: ``default``, halved on
+    """``run`` over CPU ``arange(total)`` in chunks of ``batch_size`` (``None``: planned, halved on
     out-of-memory; a size the caller chose is kept); (the last chunk size, the number of chunks run)."""
-    size = max(1, min(total, batch_size or default))
-    start, count = 0, 0
-    while start < total:
-        rows = torch.arange(start, min(start + size, total))
-        try:
-            run(rows)
-        except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
-            if is_oom(err) and size > 1 and batch_size is None:
-                free_after_oom(err, device)
-                size //= 2
-                continue
-            raise
-        start += len(rows)
-        count += 1
-    return size, count
+    key = (*kind, pairs.components, pairs.length, pairs.model.dtype)
+    return each_chunk(total, batch_size, pairs.model.device, lambda rows: run(rows.cpu()),
+                      remember=(pairs.model.module, key))
 
 
 def _nan_scores(pairs: Pairs) -> dict[str, torch.Tensor]:
@@ -153,8 +142,8 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
     pair's (:mod:`attrib.methods.pairs`). ``denoise`` (default): (a_clean − a_corrupted) · ∂metric/∂a at the
     corrupted run; ``noise``: (a_corrupted − a_clean) · ∂metric/∂a at the clean run. ``positions`` (ints,
     negative from the end) restricts the positions axis; ``component_map`` describes an unknown layout.
-    ``batch_size``: pairs per pass (``None``: all, halved on out-of-memory). AtP*'s fixes
-    (:mod:`attrib.methods.atp_star`): ``qk_fix=True`` recomputes the pattern exactly for the ``q_rot`` /
+    ``batch_size``: pairs per pass (``None``: planned from measured passes, halved on out-of-memory).
+    AtP*'s fixes (:mod:`attrib.methods.atp_star`): ``qk_fix=True`` recomputes the pattern exactly for the ``q_rot`` /
     ``k_rot`` components (through attention probes, which stay installed: :mod:`attrib.models.probes`); ``grad_drop=True`` scores every component by the mean |estimate| with each layer's
     gradient dropped in turn (L more backward passes; a ranking score, no longer signed).
     """
@@ -175,7 +164,7 @@ def attribution_patching(model: Model, clean: Any, corrupted: Any, *, target: An
             got = dot.double().cpu().gather(-1, at)
             per_pair[c][items, layer] = got.masked_fill(~(present if dot.dim() == 2 else present[:, None]), math.nan)
 
-    size, passes = _chunks(pairs.n_pairs, batch_size, pairs.n_pairs, model.device, run)
+    size, passes = _chunks(pairs.n_pairs, batch_size, pairs, ("attribution patching", qk_fix, grad_drop), run)
     info = {"batch_size": size, "passes": passes} if pairs.batched else {}
     info.update({"qk_fix": True} if qk_fix else {}, **({"grad_drop": True} if grad_drop else {}))
     return pairs.result("attribution_patching", per_pair, m_source, m_receiving, _score_dtype(model), **info)
@@ -230,11 +219,6 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
 
 # -- activation patching -------------------------------------------------------------------------
 
-def _default_batch(device: torch.device, n_tokens: int) -> int:
-    budget = 32768 if device.type == "cuda" else 4096
-    return max(1, budget // max(1, n_tokens))
-
-
 @releasing
 def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any = None, contrast: Any = None,
                         metric: Callable[..., torch.Tensor] | None = None, score: str = "logit",
@@ -256,8 +240,8 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     ((2, 4, 1), [2], 1)
 
     The receiving run is the corrupted prompt for ``denoise``, the clean one for ``noise``. Each patch is
-    one row of a batched forward of ``batch_size`` rows (``None``: about 4096 tokens per forward on CPU,
-    32768 on CUDA; an out-of-memory error halves it and retries); with lists of pairs the rows of every pair
+    one row of a batched forward of ``batch_size`` rows (``None``: planned from measured passes,
+    :mod:`attrib.methods.planning`; an out-of-memory error halves it and retries); with lists of pairs the rows of every pair
     share the forwards. Same arguments and result as :func:`attribution_patching`.
     """
     batch_size = check_batch_size(batch_size)
@@ -281,8 +265,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
         part = plan[chunk]
         values[chunk] = _patched(pairs, receiving, sources, part) - m_recv[part[:, 0]]
 
-    size, n_forwards = _chunks(len(rows), batch_size, _default_batch(model.device, receiving.x.shape[1]),
-                               model.device, run)
+    size, n_forwards = _chunks(len(rows), batch_size, pairs, ("activation patching",), run)
     per_pair = _nan_scores(pairs)
     for c_id, c in enumerate(pairs.components):
         mine = plan[:, 1] == c_id
@@ -296,20 +279,20 @@ def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], 
     """One batched forward of the receiving prompts, row r being pair ``chunk[r, 0]`` patched as the rest of
     ``chunk[r]`` says; its metric (rows,)."""
     model = pairs.model
-    device = receiving.x.device
     groups: dict[Key, torch.Tensor] = {}
     for c_id, layer in torch.unique(chunk[:, 1:3], dim=0).tolist():
         groups[(pairs.components[c_id], layer)] = torch.nonzero((chunk[:, 1] == c_id) & (chunk[:, 2] == layer)).flatten()
-    items = chunk[:, 0].to(device)
+    items = chunk[:, 0].to(receiving.x.device)
     args, kwargs = receiving.call(items)
     with torch.no_grad(), model.trace(*args, **kwargs):
         for key in pairs.ordered(groups):
-            where, rows = pairs.sites[key], groups[key].to(device)
+            where = pairs.sites[key]
             new = _by_position(where, where.read(model), receiving).clone()
-            source = sources[key].to(new.dtype)
-            pair, at = chunk[groups[key], 0].to(device), chunk[groups[key], 4].to(device)
+            here = new.device                   # the site's own device (a dispatched model's layers differ)
+            rows, source = groups[key].to(here), sources[key].to(device=here, dtype=new.dtype)
+            pair, at = chunk[groups[key], 0].to(here), chunk[groups[key], 4].to(here)
             if key[0] in HEADED:
-                heads = chunk[groups[key], 3].to(device)
+                heads = chunk[groups[key], 3].to(here)
                 new[rows, at, heads] = source[pair, at, heads]
             else:
                 new[rows, at] = source[pair, at]

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.devices import functional_call, live
 from ..core.rules import Call, Rule, Scale
 from ..errors import RuleError
 
@@ -53,12 +54,12 @@ def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 def _params(call: Call, what: str) -> dict[str, torch.Tensor]:
     module = call.module
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
+    weight = live(module, "weight") if isinstance(getattr(module, "weight", None), torch.Tensor) else None
+    if weight is None:
         raise RuleError(f"the {what} rule needs a module with a weight (Linear, Conv), but {call.name} is a "
                         f"{type(module).__name__}; give it Pass() or Norm() instead.")
-    bias = getattr(module, "bias", None)
-    return {"weight": weight.detach(), **({"bias": bias.detach()} if isinstance(bias, torch.Tensor) else {})}
+    bias = live(module, "bias") if isinstance(getattr(module, "bias", None), torch.Tensor) else None
+    return {"weight": weight.detach(), **({"bias": bias.detach()} if bias is not None else {})}
 
 
 def _modified(params: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor],
@@ -71,7 +72,7 @@ def _modified(params: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], torc
 
 def _forward(call: Call, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
-        out = torch.func.functional_call(call.module, params, (x,), strict=False)
+        out = functional_call(call.module, params, (x,))
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -224,32 +225,32 @@ class FrozenNorm(Rule):
         centered, gain = _FORMS[module]
         xc = xf - xf.mean(-1, keepdim=True) if centered else xf
         scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-        a = self._gains(module, xf.dtype)[gain]
-        g = grad_output.to(xf.dtype) * a * scale
+        a = self._gains(module, xf)[gain]
+        g = grad_output.to(device=xf.device, dtype=xf.dtype) * a * scale
         if centered:
             g = g - g.mean(-1, keepdim=True)
         return g
 
     @staticmethod
-    def _gains(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor | float]:
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
+    def _gains(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor | float]:
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
             return [1.0]
-        w = weight.detach().to(dtype)
+        w = live(module, "weight").detach().to(device=x.device, dtype=x.dtype)     # offloaded: from its hook
         return [w, 1.0 + w]
 
     def _form(self, call: Call, xf: torch.Tensor, eps: float) -> tuple[bool, int]:
         """(centred or not, which gain) that reproduce the module's output (names mislead: T5LayerNorm is an
         RMSNorm)."""
-        module, y = call.module, call.output.to(xf.dtype)
+        module, y = call.module, call.output.to(device=xf.device, dtype=xf.dtype)
         bias = getattr(module, "bias", None)
-        b = bias.detach().to(xf.dtype) if isinstance(bias, torch.Tensor) else 0.0
+        b = live(module, "bias").detach().to(device=xf.device, dtype=xf.dtype) if isinstance(bias, torch.Tensor) \
+            else 0.0
         tol = dict(rtol=1e-2, atol=1e-3) if call.output.dtype in (torch.float16, torch.bfloat16) else \
             dict(rtol=1e-4, atol=1e-5)
         for centered in ((True,) if isinstance(module, torch.nn.LayerNorm) else (False, True)):
             xc = xf - xf.mean(-1, keepdim=True) if centered else xf
             scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-            for i, a in enumerate(self._gains(module, xf.dtype)):
+            for i, a in enumerate(self._gains(module, xf)):
                 if torch.allclose(a * xc * scale + b, y, equal_nan=True, **tol):   # NaN: the model's own
                     return centered, i
         raise RuleError(f"FrozenNorm() could not reproduce the output of {call.name} ({type(module).__name__}) as "

@@ -132,9 +132,8 @@ class LanguageModel(Model):
         except (AttributeError, NotImplementedError):
             return
         size = getattr(embedding, "num_embeddings", None)
-        weight = getattr(embedding, "weight", None)
-        if not isinstance(size, int) or not isinstance(weight, torch.Tensor) or ids.device != weight.device or \
-                ids.numel() == 0 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        if not isinstance(size, int) or ids.device.type == "meta" or ids.numel() == 0 or ids.is_floating_point() or \
+                ids.is_complex() or ids.dtype == torch.bool:
             return
         bad = (ids < 0) | (ids >= size)
         if not bool(bad.any()):

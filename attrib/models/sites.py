@@ -47,6 +47,7 @@ import torch
 from einops import rearrange
 
 from ..core.current import current_trace
+from ..core.devices import live
 from ..core.envoy import Envoy
 from ..core.model import Model
 from ..errors import LayoutError
@@ -149,9 +150,11 @@ class Site:
         return self.take(self.module_value(model))
 
     def write(self, model: Model, value: torch.Tensor) -> None:
-        """Replace the site's value in the running trace (right after reading it, in execution order)."""
+        """Replace the site's value in the running trace (right after reading it, in execution order), moved to the
+        device and dtype of the value it replaces (a dispatched model's site may live on another device than the
+        caller's values; the move is differentiable, so gradients flow back to the caller's device)."""
         full = self.module_value(model)
-        self.write_module_value(model, self.put(full, value.to(full.dtype)))
+        self.write_module_value(model, self.put(full, value.to(device=full.device, dtype=full.dtype)))
 
     def write_module_value(self, model: Model, full: torch.Tensor) -> None:
         """Replace the whole tensor of the site's module (not only the site's part of it)."""
@@ -240,8 +243,10 @@ def _named(model: Model, kind: str, layer: int, layout: Layout) -> Site:
 
 
 def in_out(module: torch.nn.Module) -> torch.Tensor:
-    """A projection's weight as (in features, out features): GPT-2's Conv1D stores it so, nn.Linear transposed."""
-    return module.weight if type(module).__name__ == "Conv1D" else module.weight.T
+    """A projection's weight as (in features, out features): GPT-2's Conv1D stores it so, nn.Linear transposed (an
+    offloaded weight read from its accelerate hook: :func:`attrib.core.devices.live`)."""
+    weight = live(module, "weight")
+    return weight if type(module).__name__ == "Conv1D" else weight.T
 
 
 def site(model: Model, spec: "str | Site | Envoy", component_map: Mapping[str, Any] | None = None) -> Site:

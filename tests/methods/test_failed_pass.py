@@ -113,10 +113,10 @@ def test_the_retry_after_out_of_memory_starts_clean(lm, no_gc, method):
             torch.testing.assert_close(a.values, ref.values, rtol=1e-12, atol=1e-12)
         else:
             r = attrib.activation_patching(model, CLEAN, CORRUPTED, target=7, components="resid")
-            assert r.info["batch_size"] == 1     # 12 rows (2 layers × 6 positions): 12 → 6 → 3 → 1
+            assert r.info["batch_size"] == 2     # 12 rows (2 layers × 6 positions): 4 → 2, the most that fits
     finally:
         big.remove()
-    # IG: 6 steps + 2 end points = 8 rows, halved to 2, then the reference's 4 passes of 2; patching: the
-    # clean and corrupted runs, then 12 → 6 → 3 → 1 and eleven more rows of 1
-    assert big.sizes == ([8, 4] + [2] * 8 if method == "integrated_gradients" else [1, 1, 12, 6, 3] + [1] * 12)
+    # IG: 6 steps + 2 end points = 8 rows: the first planned pass of 4 rows halved to 2, then the reference's
+    # 4 passes of 2; patching: the clean and corrupted runs, then 4 halved to 2 and six passes of 2
+    assert big.sizes == ([4] + [2] * 8 if method == "integrated_gradients" else [1, 1, 4] + [2] * 6)
     assert big.failed_refs and big.dead_at_retry and all(big.dead_at_retry)

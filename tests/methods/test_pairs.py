@@ -71,11 +71,13 @@ def test_each_pair_equals_its_own_call(model, method, prompts, direction, leakch
 
 
 def test_pairs_share_the_forwards(model):
-    """Activation patching runs every pair's rows in the same forwards; attribution patching in one pass."""
+    """Activation patching runs every pair's rows in the same forwards; attribution patching in one pass
+    (with room for every row: the default plans from small measured passes first)."""
     clean, corrupted = SAME
-    exact = activation_patching(model, clean, corrupted, target=TARGETS, components="resid", positions=-1)
+    exact = activation_patching(model, clean, corrupted, target=TARGETS, components="resid", positions=-1,
+                                batch_size=6)
     assert exact.info["forwards"] == 1                      # 3 pairs × 2 layers × 1 position in one forward
-    approx = attribution_patching(model, clean, corrupted, target=TARGETS, components="resid")
+    approx = attribution_patching(model, clean, corrupted, target=TARGETS, components="resid", batch_size=3)
     assert approx.info["passes"] == 1 and approx.info["batch_size"] == 3
 
 

@@ -8,6 +8,7 @@ results again. (tests/methods/test_failed_pass.py checks that a failed pass's te
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import sys
 from typing import Any, Callable
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import attrib
+from attrib.methods import planning
 from tests.conftest import WordTokenizer, live_greenlets, tiny_hf
 
 from . import badcases
@@ -34,6 +36,23 @@ SEEDS = range(3)
 def lm():
     """A fresh model per test: the batch size that fitted is remembered per module, so no test sees another's."""
     return attrib.LanguageModel(tiny_hf("gpt2"), WordTokenizer())
+
+
+class _Forgetful:
+    """A plan store that keeps nothing: every call plans afresh."""
+
+    def setdefault(self, key: Any, default: dict) -> dict:
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def same_passes_every_call(monkeypatch):
+    """Faults are injected at the k-th pass of a call, found from an unfaulted call: every call must run the
+    same passes. So no plan is kept from call to call, and every pass seems to take one second (the CPU
+    planner's sizes then depend on nothing that varies from run to run)."""
+    ticks = itertools.count()
+    monkeypatch.setattr(planning, "clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(planning, "_plans", _Forgetful())
 
 
 METHODS: dict[str, Callable[[attrib.LanguageModel, Any], Any]] = {

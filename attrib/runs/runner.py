@@ -1,0 +1,136 @@
+"""``attrib.run_dataset``: one method over every prompt of a dataset, in chunks, resumable, on one or many processes.
+
+>>> import tempfile, attrib
+>>> try:                                    # the options are checked before the model is loaded
+...     attrib.run_dataset(None, ["The capital of France is"], method="ig", out=tempfile.mkdtemp(), n_step=4)
+... except attrib.RunError as err:
+...     print(err)
+integrated_gradients has no option 'n_step' (--n-step); its options are score, baseline, n_steps, ...
+
+Each chunk of ``chunk`` prompts is one call of the method (or a few, where targets differ in length), written
+to the run's folder before the next one starts (:mod:`attrib.runs.store`); a run started again with the same
+arguments computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.model import Model
+from ..errors import AttribError, RunError
+from .dataset import Example, chunked, examples_from, fingerprint, read_examples
+from .distributed import World, barrier, device_for, joined, on_main, world_from_env
+from .loading import dtype_name, load_model, model_name, parse_dtype
+from .methods import canonical, check_examples, check_options, run_chunk
+from .runfile import check_or_record
+from .store import INDEX, consolidate, index_files, rank_index, read_index, write_chunk
+
+__all__ = ["run_dataset", "DEFAULT_CHUNK"]
+
+DEFAULT_CHUNK = 16
+_ROWS = "prompts given in Python"
+
+
+def run_dataset(model: Model | str | os.PathLike | None, prompts: str | os.PathLike | Sequence[Any], *,
+                method: str = "integrated_gradients", out: str | os.PathLike, chunk: int = DEFAULT_CHUNK,
+                dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                progress: bool = True, **options: Any) -> list[dict[str, Any]]:
+    """Attribute every prompt of ``prompts`` with ``method`` and keep the results in the folder ``out``.
+
+    - ``model``: an :class:`attrib.LanguageModel`, the path of a local Hugging Face folder or GGUF file (loaded
+      in ``dtype`` on ``device``), or None for the demo model.
+    - ``prompts``: a JSONL file (one ``{"prompt", "target", "contrast", "corrupted", "id", "meta"}`` object per
+      line) or a list of such dicts or of prompt strings.
+    - ``options``: the method's keywords (``n_steps=``, ``baseline=``, ``score=``, ``batch_size=`` ...).
+
+    Returns the index lines (``out/index.jsonl``) in dataset order; :func:`attrib.runs.load_results` reads the
+    full results back. Under torchrun each process computes its share of the chunks (docs/runs.md).
+    """
+    world = world_from_env()
+    examples, source = _examples(prompts)
+    name = canonical(method)
+    checked = check_options(name, options)
+    check_examples(name, examples)
+    size = _chunk_size(chunk)
+    folder = _folder(out)
+    chunks = chunked(examples, size)
+    settings = {"method": name, "options": checked, "chunk": size, "prompts": fingerprint(examples),
+                "count": len(examples), "source": source, "model": _model_key(model),
+                "dtype": dtype_name(dtype)}
+    with joined(world):
+        done = on_main(world, lambda: _start(folder, settings, chunks))
+        todo = [k for k in world.mine(len(chunks)) if k not in done]
+        if todo:
+            loaded = model if isinstance(model, Model) else \
+                load_model(model, device_for(world, device), parse_dtype(dtype))
+            _compute(loaded, name, checked, chunks, todo, folder, world, source, progress)
+        barrier(world)
+        on_main(world, lambda: consolidate(folder, chunks, INDEX, require_all=True))   # the others wait for it
+    return read_index(folder)
+
+
+def _examples(prompts: Any) -> tuple[list[Example], str]:
+    if isinstance(prompts, (str, os.PathLike)):
+        return read_examples(prompts), os.path.abspath(os.fspath(prompts))
+    return examples_from(prompts), _ROWS
+
+
+def _chunk_size(chunk: Any) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise RunError(f"chunk={chunk!r:.20} must be a positive int: how many prompts go to one method call (and "
+                       "one shard), e.g. 16.")
+    return chunk
+
+
+def _folder(out: Any) -> str:
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise RunError(f"out={out!r:.40} must be the path of the run's folder (created when missing), e.g. "
+                       "'runs/ig'.")
+    folder = os.fspath(out)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RunError(f"out={folder!r} is a file; pass the path of a folder for the run (created when missing).")
+    return folder
+
+
+def _model_key(model: Any) -> str:
+    """How run.json names the model: ``demo``, a path, or for a model object its class and name or path."""
+    if not isinstance(model, Model):
+        return model_name(model)
+    config = getattr(model.module, "config", None)
+    return f"{type(model.module).__name__}:{getattr(config, '_name_or_path', '') or 'in memory'}"
+
+
+def _start(folder: str, settings: dict[str, Any], chunks: list[list[Example]]) -> set[int]:
+    """Rank 0, before any computing: check or record run.json, then keep what earlier starts completed."""
+    check_or_record(folder, settings)
+    names = index_files(folder)
+    into = names[0] if len(names) == 1 else rank_index(0)
+    return consolidate(folder, chunks, into, require_all=False)
+
+
+def _compute(model: Model, method: str, options: dict[str, Any], chunks: list[list[Example]], todo: list[int],
+             folder: str, world: World, source: str, progress: bool) -> None:
+    mine = world.mine(len(chunks))
+    total = sum(len(chunks[k]) for k in mine)
+    left = sum(len(chunks[k]) for k in todo)
+    desc = f"{method} rank {world.rank}" if world.distributed else method
+    bar = tqdm(total=total, initial=total - left, unit="prompt", desc=desc, disable=not progress,
+               position=world.rank if world.distributed else None)
+    try:
+        for k in todo:
+            examples = chunks[k]
+            try:
+                results = run_chunk(model, method, examples, options)
+            except RunError:
+                raise
+            except AttribError as err:
+                unit = "rows" if source == _ROWS else "lines"
+                raise RunError(f"{source}, {unit} {examples[0].line}-{examples[-1].line}: {err}") from err
+            write_chunk(folder, world.rank, k, examples, results)
+            bar.update(len(examples))
+    finally:
+        bar.close()
