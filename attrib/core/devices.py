@@ -127,9 +127,17 @@ def compute_devices(module: torch.nn.Module) -> list[torch.device]:
     for m in module.modules():
         device = hook_device(m)
         if device is not None:
+            device = _indexed(device)
             found.setdefault(str(device), device)
             continue
         for t in itertools.chain(m._parameters.values(), m._buffers.values()):
             if t is not None and t.device.type != "meta":
                 found.setdefault(str(t.device), t.device)
     return list(found.values())
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` as the card it means (``cuda:N``, the current one), so that one card is not listed twice."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

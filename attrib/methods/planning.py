@@ -12,15 +12,18 @@ How ``batch_size=None`` chooses (every batched method runs its rows through here
 1. Two small passes (8 then 16 rows on a GPU, 4 then 8 on a CPU) are measured on every device the model
    computes on: how far memory rose above where it stood, less what the pass left allocated for good (a
    library's workspace, made once; ``attrib.core.memory.PeakMeter``). A straight line through the two
-   points gives the memory one row takes and what a pass takes whatever its rows; the per-row figure is
-   at least an eighth of the second pass's average, a guard against a one-time cost the meter missed.
+   points gives the memory one row takes and what a pass takes whatever its rows. A one-time cost the meter
+   cannot tell apart (a transient allocation of the first pass only) would flatten the line, so the per-row
+   figure is at least half the second pass's average on a GPU, and all of it on a CPU, where an
+   over-estimate cannot be caught as an error.
 2. The rows that fit (on the fullest device) are the memory actually free now (``free_memory``: on a GPU what the driver reports
    plus what torch's allocator holds unused; on a CPU ``MemAvailable`` or the cgroup's room), times a margin
    (0.9 on a GPU; 0.5 on a CPU, where running out is the kernel killing the process rather than an error,
    shared among the ranks a ``torchrun`` started on the host), less the fixed part, over the per-row part.
 3. A GPU then runs passes of that many rows: its throughput keeps rising with the batch. A CPU's does not
    (caches), so a CPU keeps doubling the rows from the probes, within the memory bound, until two doublings
-   in a row fail to raise rows per second by 5%, and stays at the fastest size found.
+   in a row fail to raise rows per second by 5%, and stays at the fastest size found. The search goes on
+   across calls with the same key (a call too short for the next size runs all its rows in one pass).
 4. The plan is kept per model and kind of work (the ``remember`` key): a later call with the same key
    skips the probes and plans from the memory free then.
 
@@ -51,6 +54,7 @@ PROBE = {"cuda": 8}       # rows of the first measured pass per device type; oth
 DEFAULT_PROBE = 4
 MARGIN = {"cuda": 0.9}     # share of the free memory a plan may take; others: DEFAULT_MARGIN
 DEFAULT_MARGIN = 0.5
+FLOOR = {"cuda": 0.5}      # the per-row cost is at least this share of the second probe's average; others: 1
 GAIN = 1.05                # a CPU doubles its rows while that raises rows per second by at least this factor
 clock = time.perf_counter  # what passes are timed with
 
@@ -62,6 +66,7 @@ class Cost:
     lines: dict[str, tuple[float, float]] = field(default_factory=dict)   # device -> (fixed, per-row bytes)
     best: int | None = None             # CPU: the size past which more rows stopped paying
     tried: dict[int, float] = field(default_factory=dict)   # CPU, still growing: rows/s of each size run
+    next: int | None = None             # CPU, still growing: the size to try next (also in the next call)
     cap: int | None = None              # halved after running out of memory: never plan above this
 
     @property
@@ -128,7 +133,7 @@ class Planner:
     def _planned(self) -> int:
         size = self.cost.fits()
         if self._cpu_like:
-            grow = self.cost.best or (max(self.cost.tried) if self.cost.tried else DEFAULT_PROBE)
+            grow = self.cost.best or self.cost.next or (max(self.cost.tried) if self.cost.tried else DEFAULT_PROBE)
             size = grow if size is None else min(size, grow)
         if size is None:        # a device that cannot tell its free memory: every row, halved on OOM
             size = self.total
@@ -181,7 +186,7 @@ class Planner:
             p1 = first.get(name, p2)
             average = p2 / max(n2, 1)
             slope = (p2 - p1) / (n2 - n1) if n2 > n1 else average
-            per_row = max(slope, average / 8, 1.0)
+            per_row = max(slope, average * FLOOR.get(torch.device(name).type, 1.0), 1.0)
             self.cost.lines[name] = (max(0.0, p2 - per_row * n2), per_row)
 
     def _grow(self, rows: int, seconds: float) -> None:
@@ -199,10 +204,10 @@ class Planner:
         largest = max(tried)
         limit = min(x for x in (self.cost.fits(), self.cost.cap, 2 * largest) if x is not None)
         if misses >= 2 or limit <= largest:
-            self.cost.best = max(tried, key=lambda size: (tried[size], -size))
+            self.cost.best, self.cost.next = max(tried, key=lambda size: (tried[size], -size)), None
             self.size = self._planned()
         else:
-            self.size = limit
+            self.size = self.cost.next = limit
 
     def out_of_memory(self, rows: int) -> bool:
         """A pass of ``rows`` ran out of memory: halve and retry (``False``: the error is the caller's)."""
@@ -213,6 +218,8 @@ class Planner:
             self.cost.best = min(self.cost.best, self.size)
         for size in [size for size in self.cost.tried if size > self.size]:
             del self.cost.tried[size]
+        if self.cost.next is not None:
+            self.cost.next = min(self.cost.next, self.size)
         return True
 
 
@@ -220,11 +227,11 @@ def each_chunk(total: int, batch_size: int | None, device: torch.device, run: Ca
                remember: tuple[torch.nn.Module, Hashable] | None = None,
                progress: Callable[[int], None] | None = None) -> tuple[int, int]:
     """``run(rows)`` over ``arange(total)`` (on ``device``) in passes the :class:`Planner` sizes;
-    (the size of the last full pass, the number of passes that ran). With ``remember=(module, key)`` the
+    (the largest pass's rows, the number of passes that ran). With ``remember=(module, key)`` the
     memory of every device ``module`` computes on is planned for, and the plan is kept under ``key``."""
     devices = None if remember is None else compute_devices(remember[0])
     planner = Planner(total, batch_size, device, remember, devices)
-    start, passes, size = 0, 0, planner.size
+    start, passes, size = 0, 0, 0
     while start < total:
         n = planner.next_rows(total - start)
         rows = torch.arange(start, start + n, device=device)
@@ -245,7 +252,7 @@ def each_chunk(total: int, batch_size: int | None, device: torch.device, run: Ca
         planner.ran(n, clock() - began, peaks or None)
         start += n
         passes += 1
-        size = n
+        size = max(size, n)
         if progress is not None:
             progress(n)
     planner.finish()

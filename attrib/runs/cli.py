@@ -6,7 +6,8 @@
 
 A method's keywords are flags of their own, ``--n-steps 32``, ``--batch-size 8``, ``--score logprob``
 (underscores as dashes). A value is read as JSON when it is JSON (``32``, ``0.5``, ``true``, ``null``, ``[1, 2]``)
-and as a string otherwise; a flag with no value is ``true``. Bad input prints one sentence and exits 2.
+and as a string otherwise; a flag with no value is ``true``, and an on/off option (``--per-token``) takes a
+following word only when it is ``true`` or ``false``. Bad input prints one sentence and exits 2.
 Also ``python -m attrib ...``, and ``torchrun --nproc-per-node N -m attrib run ...`` (docs/runs.md).
 """
 
@@ -17,8 +18,8 @@ import json
 import sys
 from typing import Any, Sequence
 
-from ..errors import AttribError
-from .methods import ALIASES, METHODS, option_names
+from ..errors import AttribError, RunError
+from .methods import ALIASES, METHODS, canonical, option_names, switch_names
 from .report import write_report
 from .runner import DEFAULT_CHUNK, run_dataset
 from .distributed import world_from_env
@@ -36,8 +37,10 @@ def _value(text: str) -> Any:
         return text
 
 
-def split_options(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """``attrib run``'s own arguments, and the method's options (every other ``--flag``) by keyword."""
+def split_options(argv: Sequence[str], switches: Sequence[str] = ()) -> tuple[list[str], dict[str, Any]]:
+    """``attrib run``'s own arguments, and the method's options (every other ``--flag``) by keyword. A flag in
+    ``switches`` (the method's on/off options) takes the next word only when it is ``true`` or ``false``, so that
+    ``--per-token prompts.jsonl`` leaves the prompts file where it is."""
     known: list[str] = []
     options: dict[str, Any] = {}
     i = 0
@@ -51,13 +54,28 @@ def split_options(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
                 i += 1
         elif "=" in token:
             options[name[2:].replace("-", "_")] = _value(token.split("=", 1)[1])
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and \
+                (name[2:].replace("-", "_") not in switches or argv[i + 1] in ("true", "false")):
             options[name[2:].replace("-", "_")] = _value(argv[i + 1])
             i += 1
         else:
             options[name[2:].replace("-", "_")] = True
         i += 1
     return known, options
+
+
+def _switches(argv: Sequence[str]) -> list[str]:
+    """The on/off options of the method that ``argv`` names (``--method``; integrated gradients by default)."""
+    name = "integrated_gradients"
+    for i, token in enumerate(argv):
+        if token.startswith("--method="):
+            name = token.split("=", 1)[1]
+        elif token == "--method" and i + 1 < len(argv):
+            name = argv[i + 1]
+    try:
+        return switch_names(canonical(name))
+    except RunError:                    # an unknown method: run_dataset says so
+        return []
 
 
 def _methods_help() -> str:
@@ -108,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["run"]:
-            known, options = split_options(argv[1:])
+            known, options = split_options(argv[1:], _switches(argv[1:]))
             _run(parser().parse_args(["run", *known]), options)
         else:
             args = parser().parse_args(argv)

@@ -12,7 +12,8 @@ Each line is one JSON object: ``prompt`` (a non-empty string) and optionally ``t
 string, a token id or a list of token ids), ``corrupted`` (the corrupted prompt of the pair methods), ``id`` (a
 string or an int, unique; the line number by default) and ``meta`` (anything, copied into the index). Blank
 lines are skipped (they still count for line numbers); any other key is refused, so that a typo such as
-``"taget"`` does not pass silently.
+``"taget"`` does not pass silently. The file is UTF-8 text (a byte-order mark at its start is allowed), and every
+value must be JSON that encodes as UTF-8 (no set in ``meta``, no lone surrogate such as ``"\\ud800"``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
         raise RunError(f"the prompts file {name!r} does not exist; pass a JSONL file with one line per prompt "
                        f"such as {_EXAMPLE}.")
     rows: list[tuple[int, Any]] = []
-    with open(name, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with open(name, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = _decoded(raw, number, name)
             if not text.strip():
                 continue
             try:
@@ -62,6 +64,15 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
                 raise RunError(f"{name}, line {number}: not JSON ({getattr(err, 'msg', err)}); each line is one "
                                f"JSON object such as {_EXAMPLE}.") from None
     return _checked(rows, name, "line")
+
+
+def _decoded(raw: bytes, number: int, name: str) -> str:
+    """A line of the file as text: UTF-8, a byte-order mark at the start of the file left out."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise RunError(f"{name}, line {number}: byte {raw[err.start]:#04x} at column {err.start + 1} is not UTF-8; "
+                       "save the prompts file as UTF-8 text.") from None
 
 
 def examples_from(rows: Iterable[Any]) -> list[Example]:
@@ -95,6 +106,13 @@ def _example(row: Any, number: int, where: str) -> Example:
     if unknown:
         raise RunError(f"{where}: unknown key {unknown[0]!r}; a line has the keys {', '.join(KEYS)} (put other "
                        "data under 'meta').")
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as err:     # a set or a tensor in 'meta', a lone surrogate in a string
+        what = (f"a string holds the lone surrogate {err.object[err.start]!r}, which is not text"
+                if isinstance(err, UnicodeEncodeError) else str(err)[:80])
+        raise RunError(f"{where}: {what}; every value of a line must be JSON that encodes as UTF-8 text "
+                       "(strings, numbers, booleans, null, lists and objects of them).") from None
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise RunError(f"{where}: 'prompt' is {prompt!r:.40}; every line needs a non-empty string prompt, e.g. "
@@ -124,7 +142,8 @@ def _token_value(value: Any, key: str, where: str) -> str | list[int] | None:
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
-    """A sha256 of the examples' content (not of the file's bytes: blank lines and spacing do not count)."""
+    """A sha256 of the examples' content (not of the file's bytes: spacing within a line and blank lines at the end
+    do not count; each example's line number does, as the index records it and it is the default id)."""
     text = json.dumps([asdict(e) for e in examples], sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

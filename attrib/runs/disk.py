@@ -58,15 +58,15 @@ def write_atomic(path: str, data: bytes, point: str | None = None) -> None:
     tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if point is not None and kill_point(point):
             die()
         os.replace(tmp, path)
-    finally:
+    finally:                            # a failed write (a full disk) leaves no temporary file either
         if os.path.exists(tmp):
             os.remove(tmp)
     fsync_folder(folder)

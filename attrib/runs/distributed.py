@@ -91,7 +91,21 @@ def device_for(world: World, device: str | torch.device | None = None) -> torch.
     """``device`` when given (one process); otherwise ``cuda:LOCAL_RANK`` where CUDA is, else the CPU."""
     if torch.cuda.is_available() and (world.distributed or device is None):
         return torch.device("cuda", world.local_rank if world.distributed else torch.cuda.current_device())
-    return torch.device(device if device is not None else "cpu")
+    return torch.device("cpu") if device is None else _checked_device(device)
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that this machine has (one :class:`~attrib.RunError` otherwise)."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RunError(f"device {device!r:.40} is not a torch device; pass e.g. 'cpu' or 'cuda:1', or leave it out "
+                       "(CUDA when there, else the CPU).") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found.type == "cuda" and (found.index or 0) >= count:
+        raise RunError(f"device {str(found)!r} is not on this machine, which has {count} CUDA device(s); pass 'cpu'"
+                       f"{' or cuda:0 to cuda:' + str(count - 1) if count else ''}, or leave the device out.")
+    return found
 
 
 def barrier(world: World) -> None:

@@ -26,7 +26,8 @@ from ..methods import (activation_patching, attribution_patching, deconvolution,
 from ..results.base import Result
 from .dataset import Example
 
-__all__ = ["METHODS", "PAIRED", "ALIASES", "canonical", "check_options", "option_names", "check_examples", "run_chunk"]
+__all__ = ["METHODS", "PAIRED", "ALIASES", "canonical", "check_options", "option_names", "switch_names",
+           "check_examples", "run_chunk"]
 
 METHODS: dict[str, Callable[..., Any]] = {
     "integrated_gradients": integrated_gradients, "saliency": saliency, "lrp": lrp, "deeplift": deeplift,
@@ -54,6 +55,12 @@ def option_names(method: str) -> list[str]:
     """The keywords of ``method`` that a run passes on (every keyword but the per-line ones)."""
     params = inspect.signature(METHODS[method]).parameters.values()
     return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED + _HIDDEN]
+
+
+def switch_names(method: str) -> list[str]:
+    """The options of ``method`` that are on/off switches (a boolean default): ``--per-token`` alone means true."""
+    params = inspect.signature(METHODS[method]).parameters
+    return [name for name in option_names(method) if isinstance(params[name].default, bool)]
 
 
 def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:

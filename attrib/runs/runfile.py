@@ -36,7 +36,11 @@ _RUN_FILES = re.compile(r"^(index(\.rank\d+)?\.jsonl|shard-\d+\.safetensors)$")
 def check_or_record(folder: str, settings: dict[str, Any]) -> None:
     """Record ``settings`` in ``folder/run.json`` on the first start; on a restart refuse settings that differ
     (one :class:`~attrib.RunError` naming each difference)."""
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create the run's folder {folder!r} ({err.strerror or err}); pass an --out inside a "
+                       "folder that exists and that you can write to.") from None
     path = os.path.join(folder, RUN_FILE)
     if not os.path.isfile(path):
         strays = sorted(n for n in os.listdir(folder) if _RUN_FILES.match(n))

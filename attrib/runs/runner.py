@@ -57,6 +57,7 @@ def run_dataset(model: Model | str | os.PathLike | None, prompts: str | os.PathL
     check_examples(name, examples)
     size = _chunk_size(chunk)
     folder = _folder(out)
+    place = None if isinstance(model, Model) else device_for(world, device)     # checked before anything is written
     chunks = chunked(examples, size)
     settings = {"method": name, "options": checked, "chunk": size, "prompts": fingerprint(examples),
                 "count": len(examples), "source": source, "model": _model_key(model),
@@ -65,8 +66,7 @@ def run_dataset(model: Model | str | os.PathLike | None, prompts: str | os.PathL
         done = on_main(world, lambda: _start(folder, settings, chunks))
         todo = [k for k in world.mine(len(chunks)) if k not in done]
         if todo:
-            loaded = model if isinstance(model, Model) else \
-                load_model(model, device_for(world, device), parse_dtype(dtype))
+            loaded = model if isinstance(model, Model) else load_model(model, place, parse_dtype(dtype))
             _compute(loaded, name, checked, chunks, todo, folder, world, source, progress)
         barrier(world)
         on_main(world, lambda: consolidate(folder, chunks, INDEX, require_all=True))   # the others wait for it
@@ -99,6 +99,10 @@ def _folder(out: Any) -> str:
 def _model_key(model: Any) -> str:
     """How run.json names the model: ``demo``, a path, or for a model object its class and name or path."""
     if not isinstance(model, Model):
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise RunError(f"model= is a {type(model).__name__}, not a model a run can use; pass an "
+                           "attrib.LanguageModel (e.g. attrib.LanguageModel(hf_model, tokenizer)), the path of a local "
+                           "Hugging Face folder or GGUF file, or None for the demo model.")
         return model_name(model)
     config = getattr(model.module, "config", None)
     return f"{type(model.module).__name__}:{getattr(config, '_name_or_path', '') or 'in memory'}"

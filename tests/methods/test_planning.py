@@ -49,7 +49,7 @@ def free(monkeypatch):
 def test_a_chosen_batch_size_is_used_as_given_and_its_oom_is_the_callers():
     seen = []
     size, passes = each_chunk(10, 4, CPU, lambda rows: seen.append(rows.tolist()))
-    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and (size, passes) == (2, 3)
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and (size, passes) == (4, 3)
     planner = Planner(10, 4, CPU)
     assert not planner.measuring and not planner.out_of_memory(4)
 
@@ -70,8 +70,8 @@ def test_a_gpu_plans_the_rows_that_fit_in_the_free_memory(free):
 
 def test_a_one_time_cost_the_meter_missed_does_not_shrink_the_per_row_cost(free):
     """The first pass also took 1 GiB once (and the meter could not tell it apart): the line through both
-    points would say each row costs almost nothing; the per-row cost stays at least an eighth of the second
-    pass's average."""
+    points would say each row costs nothing; on a GPU the per-row cost stays at least half the second pass's
+    average (an over-estimate there is an out-of-memory error, halved), on a CPU all of it."""
     free(40 * GIB)
     planner = Planner(10_000, None, CUDA)
     sizes = []
@@ -79,9 +79,13 @@ def test_a_one_time_cost_the_meter_missed_does_not_shrink_the_per_row_cost(free)
         sizes.append(planner.next_rows(10_000))
         planner.ran(n, 1.0, {"cuda": int(peak)})
     assert sizes == [8, 16]
-    assert planner.cost.lines["cuda"][1] == pytest.approx(10e6 / 8)
-    fixed = 16 * 10e6 - 16 * 10e6 / 8                       # the rest of the second pass
-    assert planner.size == math.floor((0.9 * 40 * GIB - fixed) / (10e6 / 8))
+    assert planner.cost.lines["cuda"][1] == pytest.approx(10e6 / 2)
+    fixed = 16 * 10e6 - 16 * 10e6 / 2                       # the rest of the second pass
+    assert planner.size == math.floor((0.9 * 40 * GIB - fixed) / (10e6 / 2))
+    cpu = Planner(10_000, None, CPU)
+    for n, peak in ((4, GIB + 4 * 10e6), (8, 8 * 10e6)):
+        cpu.ran(cpu.next_rows(10_000), 1.0, {"cpu": int(peak)})
+    assert cpu.cost.lines["cpu"] == (pytest.approx(0.0), pytest.approx(10e6))
 
 
 def test_running_out_of_memory_lands_between_half_of_what_fits_and_all_of_it(free):
@@ -180,6 +184,16 @@ def test_a_cpu_never_plans_above_its_share_of_the_free_memory(free, monkeypatch)
     shared = Planner(10_000, None, CPU)
     sizes = simulate(shared, 10_000, 0.0, 10e6, seconds=lambda n: 1.0)
     assert max(sizes) == math.floor(0.5 * 2 * GIB / 2 / 10e6)
+
+
+def test_the_cpu_search_goes_on_across_short_calls(free):
+    """Calls of 16 rows each, larger passes always paying: the sizes grow across calls until one pass holds
+    the whole call (a call shorter than the next size to try runs all its rows at once)."""
+    free(100 * GIB)
+    module = torch.nn.Linear(1, 1)
+    calls = [simulate(Planner(16, None, CPU, (module, "k")), 16, 0.0, 1e6, seconds=lambda n: 1.0)
+             for _ in range(4)]
+    assert calls[0] == [4, 8, 4] and calls[1:] == [[16], [16], [16]]
 
 
 def test_a_run_shorter_than_the_probe_is_one_pass_and_still_plans_the_next(free):

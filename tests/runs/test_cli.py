@@ -3,6 +3,7 @@ line on stderr with exit status 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,6 +29,21 @@ from .conftest import ROWS, cli, index_lines
 ])
 def test_method_options_are_flags_of_their_own(argv, known, options):
     assert split_options(argv) == (known, options)
+
+
+def test_an_on_off_option_leaves_the_prompts_file_alone():
+    assert split_options(["--per-token", "p.jsonl", "--out", "d"], ["per_token"]) == \
+        (["p.jsonl", "--out", "d"], {"per_token": True})
+    assert split_options(["--per-token", "false", "p.jsonl"], ["per_token"]) == (["p.jsonl"], {"per_token": False})
+
+
+def test_a_switch_before_the_prompts_file_runs(tiny_folder, prompts, tmp_path, capsys):
+    """``attrib run --per-token PROMPTS ...``: the file is the prompts, not --per-token's value."""
+    out = tmp_path / "run"
+    code = main(["run", "--per-token", str(prompts), "--model", str(tiny_folder), "--out", str(out), "--method", "ig",
+                 "--n-steps", "2", "--chunk", "12", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["options"] == {"n_steps": 2, "per_token": True}
 
 
 def test_the_cli_gives_what_the_python_call_gives(tiny_folder, tiny_model, prompts, tmp_path, capsys):

@@ -51,6 +51,32 @@ def test_a_bad_line_is_named_with_its_file_and_number(tmp_path, line, message):
         read_examples(path)
 
 
+def test_a_byte_order_mark_is_left_out(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xc3\xa9"}\n{"prompt": "b"}\n')     # as Windows editors save UTF-8
+    assert [(e.id, e.prompt) for e in read_examples(path)] == [(1, "caf\u00e9"), (2, "b")]
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')                      # Latin-1
+    with pytest.raises(attrib.RunError, match=r"p\.jsonl, line 2: byte 0xe9 at column 16 is not UTF-8; save the "
+                                              r"prompts file as UTF-8 text\."):
+        read_examples(path)
+
+
+@pytest.mark.parametrize("key", ["prompt", "id", "meta", "target", "corrupted"])
+def test_a_lone_surrogate_is_refused_on_its_line(tmp_path, key):
+    """JSON's "\\ud800" reads back as a str that cannot be written as UTF-8: refused before anything is computed."""
+    line = json.dumps({"prompt": "a b", key: "x \ud800"})          # ensure_ascii: the line holds "x \\ud800"
+    assert "\\ud800" in line
+    path = write(tmp_path, '{"prompt": "first"}', line)
+    with pytest.raises(attrib.RunError, match=r"p\.jsonl, line 2: a string holds the lone surrogate '\\ud800', "
+                                              r"which is not text; every value of a line must be JSON that encodes "
+                                              r"as UTF-8"):
+        read_examples(path)
+
+
 def test_ids_are_compared_as_strings(tmp_path):
     path = write(tmp_path, '{"prompt": "a", "id": "2"}', '{"prompt": "b"}')
     with pytest.raises(attrib.RunError, match=r"line 2: id 2 was already used on line 1"):
@@ -71,6 +97,9 @@ def test_rows_given_in_python():
         examples_from(["w1", {"target": " w2"}])
     with pytest.raises(attrib.RunError, match=r"is one value; pass the path of a JSONL file or a list of rows"):
         examples_from({"prompt": "w1"})
+    with pytest.raises(attrib.RunError, match=r"prompts, row 2: Object of type set is not JSON serializable; every "
+                                              r"value of a line must be JSON"):
+        examples_from(["w1", {"prompt": "w2", "meta": {"tags": {"a", "b"}}}])
 
 
 def test_fingerprint_follows_the_content_not_the_spacing(tmp_path):

@@ -4,7 +4,9 @@ and from the kill points between the write steps (``ATTRIB_RUN_KILL_AT``)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,3 +149,20 @@ def test_killed_files_never_hold_part_of_a_write(tmp_path):
     code = subprocess.run([sys.executable, "-c", script], env=env(ATTRIB_RUN_KILL_AT="tmp:1")).returncode
     assert code == KILLED and path.read_text() == "old"
     assert [p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == [b"new"]
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk in the middle of an atomic write (e.g. the report written to --output elsewhere): the error
+    reaches the caller, the old content stays and no ``.tmp-*`` file is left in the folder."""
+    from attrib.runs import disk
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "report.html"
+    path.write_text("old")
+    monkeypatch.setattr(disk, "_write_all", full)
+    with pytest.raises(OSError, match="No space left"):
+        disk.write_atomic(str(path), b"new page")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"] and path.read_text() == "old"

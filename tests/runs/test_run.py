@@ -156,6 +156,8 @@ def test_a_method_error_names_the_lines_of_its_chunk(tiny_model, tmp_path):
     (dict(method="ig", baseline=torch.zeros(3)), r"baseline=tensor.* is not a JSON value"),
     (dict(method="ig", chunk=0), r"chunk=0 must be a positive int"),
     (dict(method="ig", dtype="float8"), r"dtype 'float8' is not one of auto, float32"),
+    (dict(method="ig", device="gpu0"), r"device 'gpu0' is not a torch device; pass e\.g\. 'cpu' or 'cuda:1'"),
+    (dict(method="ig", device="cuda:99"), r"device 'cuda:99' is not on this machine, which has \d+ CUDA device"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, message):
     with pytest.raises(attrib.RunError, match=message):
@@ -167,3 +169,17 @@ def test_out_must_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(attrib.RunError, match=r"out='.*file' is a file; pass the path of a folder"):
         attrib.run_dataset(None, ROWS, out=tmp_path / "file", progress=False)
+
+
+def test_a_model_of_another_kind_is_refused_before_any_work(tiny_model, tmp_path):
+    with pytest.raises(attrib.RunError, match=r"model= is a LlamaForCausalLM, not a model a run can use; pass an "
+                                              r"attrib\.LanguageModel \(e\.g\. attrib\.LanguageModel\(hf_model, tokenizer\)\)"):
+        attrib.run_dataset(tiny_model.module, ROWS, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(attrib.RunError, match=r"cannot create the run's folder '.*file/run' \(Not a directory\); pass "
+                                              r"an --out inside a folder that exists"):
+        attrib.run_dataset(None, ROWS, out=tmp_path / "file" / "run", progress=False)
