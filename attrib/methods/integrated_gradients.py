@@ -30,8 +30,9 @@ from ..models.sites import Site, site
 from ..results import Attribution
 from .baselines import baseline_for
 from .batching import run_rows
+from .compiled import CompileOptions, check_supported, gradient_passes, options_of
 from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, nonfinite, prepare, token_strings
-from .passes import item_gradients, values_at
+from .passes import values_at
 from .ig_adaptive import AUTO, DEFAULT_BUDGET, check_auto, integrate_auto
 from .quadrature import quadrature
 
@@ -45,8 +46,8 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
                          score: str = "logit", metric: Callable | None = None, baseline: Any = "auto",
                          n_steps: int | str | None = None, rule: str | None = None, layer: str | Site | Envoy | None = None,
                          batch_size: int | None = None, per_token: bool = False,
-                         method: str | None = None, tol: float = 0.01,
-                         max_evaluations: int = DEFAULT_BUDGET) -> Attribution | list[Attribution]:
+                         method: str | None = None, tol: float = 0.01, max_evaluations: int = DEFAULT_BUDGET,
+                         compile: bool | CompileOptions = False) -> Attribution | list[Attribution]:
     """Integrated gradients of a target score w.r.t. the input embeddings (or a site such as ``layer``'s
     output). One result per input item (:mod:`attrib.methods.inputs`).
 
@@ -79,6 +80,9 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
       baseline run and on the input run.
     - ``per_token=True`` with a multi-token target: an outputs × inputs matrix from the same batched passes.
     - ``batch_size``: rows (items × steps) per pass; ``None`` runs all at once and halves on out-of-memory.
+    - ``compile=True`` (or :class:`~attrib.methods.compiled.CompileOptions`): the passes call the Hugging Face model
+      directly under ``torch.compile``, in bucketed shapes (:mod:`attrib.methods.compiled`); fixed steps on a
+      language model's input embeddings only (no ``layer``, ``metric``, ``per_token`` or ``n_steps="auto"``).
 
     ``.values`` has the attributed value's shape per item; on a language model ``.scores`` sums it over the
     hidden dimension (one number per token), on a plain model ``.scores`` is ``.values``.
@@ -105,6 +109,9 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     else:
         alphas, weights = quadrature(rule, n_steps, "rule" if method is None else "method")
     batch_size = check_batch_size(batch_size)
+    options = options_of(compile)
+    if options is not None:
+        check_supported("integrated_gradients", model, layer=layer, metric=metric, per_token=per_token, n_steps=n_steps)
     prep = prepare(model, inputs, target=target, contrast=contrast, score=score, metric=metric, batch_size=batch_size)
     check_finite_inputs(prep)
     if per_token and prep.ids is None:
@@ -132,12 +139,14 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
                                                   _point, _accumulation_dtype(x))
         rule = "gausskronrod"
     else:
-        attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size)
+        attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size, options)
         per_item = [{"evaluations": len(alphas) + 2} for _ in range(prep.n_items)]
     _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
     info = {"rule": rule, "n_steps": AUTO if auto else len(alphas),
             "layer": "embeddings" if layer is None else where.name, "baseline": _baseline_info(baseline)}
+    if options is not None:
+        info["compile"] = True
     for i, extra in enumerate(per_item):        # |delta| relative to |f(x) − f(b)|, the worst output
         gap = (f_x[i] - f_b[i]).double().abs().cpu()
         extra["completeness"] = float((delta[i].double().abs().cpu() / gap.clamp(min=1e-300)).max())
@@ -227,9 +236,10 @@ def _layer_value(prep: Inputs, where: Site, replace: torch.Tensor | None, batch_
 
 
 def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alphas: list[float],
-               weights: list[float], n_out: int, batch_size: int | None
+               weights: list[float], n_out: int, batch_size: int | None, options: CompileOptions | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(attributions (items, n_out, ...), f(x), f(b) (items, n_out)) from batched passes over every point."""
+    """(attributions (items, n_out, ...), f(x), f(b) (items, n_out)) from batched passes over every point (compiled
+    ones with ``options``: :mod:`attrib.methods.compiled`)."""
     model = prep.model
     # Two extra nodes with weight 0, alpha = 1 and alpha = 0: their scores are f(x) and f(b) for the
     # completeness delta, from the same batched pass instead of another forward.
@@ -242,16 +252,17 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
         item, step = rows // n_nodes, rows % n_nodes
         alpha = torch.tensor(nodes, dtype=acc, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
         value = _point(x[item], b[item], alpha)
-        scores, grad = item_gradients(prep, where, value, item, n_out)
+        scores, grad = gradients(prep, where, value, item, n_out)
         end = step >= len(alphas)
         ends[item[end], :, step[end] - len(alphas)] = scores[end].double()
         grad = grad.to(acc)
         w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
         return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
-    key = ("ig", where.name, tuple(x.shape[1:]), n_out, x.dtype)
-    summed = run_rows(run, prep.n_items * n_nodes, lambda rows: rows // n_nodes, prep.n_items, batch_size, like=x,
-                      remember=(model.module, key))                        # (items, n_out, ...)
+    remember = (model.module, ("ig", where.name, tuple(x.shape[1:]), n_out, x.dtype))
+    with gradient_passes(prep, options, remember, batch_size) as gradients:
+        summed = run_rows(run, prep.n_items * n_nodes, lambda rows: rows // n_nodes, prep.n_items, batch_size,
+                          like=x, remember=remember)                       # (items, n_out, ...)
     attr = (x.to(acc) - b.to(acc)).unsqueeze(1) * summed
     return attr, ends[..., 0], ends[..., 1]
 

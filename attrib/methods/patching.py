@@ -235,7 +235,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     >>> config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)
     >>> hf = transformers.GPT2LMHeadModel(config)
     >>> r = activation_patching(attrib.LanguageModel(hf.eval()), torch.tensor([[1, 2, 3]]),
-    ...                         torch.tensor([[1, 4, 3]]), target=7, components="heads", positions=-1)
+    ...                         torch.tensor([[1, 4, 3]]), target=7, components="heads", positions=-1, batch_size=8)
     >>> tuple(r.scores["heads"].shape), r.positions, r.info["forwards"]   # 2 × 4 patched rows in one forward
     ((2, 4, 1), [2], 1)
 

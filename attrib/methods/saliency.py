@@ -26,6 +26,8 @@
   from a generator seeded with ``seed``: the draws of Captum's ``NoiseTunnel`` under the same seed (Captum
   makes σ in the default dtype, so set it to the input's dtype to compare). ``noise``, ``smooth_type`` or ``seed``
   without ``smooth=N > 0`` raise :class:`~attrib.MethodError` rather than being ignored.
+- ``compile=True`` (language models, no ``metric``): the passes call the Hugging Face model directly under
+  ``torch.compile``, in bucketed shapes (:mod:`attrib.methods.compiled`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from ..models.language import LanguageModel
 from ..results import Attribution
 from .batching import run_rows
 from .checks import check_finite_values
+from .compiled import CompileOptions, check_supported, gradient_passes, options_of
 from .inputs import check_batch_size, check_finite_inputs, check_grad_mode, prepare
-from .passes import gradient_at
 
 __all__ = ["saliency", "MODES", "SMOOTH_TYPES"]
 
@@ -56,13 +58,17 @@ DEFAULT_NOISE = 0.15
 def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, score: str = "logit",
              metric: Callable[[Any], torch.Tensor] | None = None, mode: str = "grad", smooth: int = 0,
              noise: float | None = None, smooth_type: str | None = None, seed: int | None = None,
-             batch_size: int | None = None) -> Attribution | list[Attribution]:
+             batch_size: int | None = None, compile: bool | CompileOptions = False) -> Attribution | list[Attribution]:
     """Gradient (``mode="grad"``) or gradient × input (``"grad_x_input"``) of the target score; see the module
     docstring. SmoothGrad's options (``noise``, default 0.15; ``smooth_type``, default ``"smoothgrad"``; ``seed``)
     need ``smooth=N > 0``: given without it they are refused, never ignored. ``batch_size``: rows (items × noisy
-    samples) per pass (``None``: all, halved on out-of-memory)."""
+    samples) per pass (``None``: all, halved on out-of-memory). ``compile=True``: compiled passes
+    (:mod:`attrib.methods.compiled`)."""
     check_grad_mode("saliency", model)
     _check(mode, smooth, noise, smooth_type, seed)
+    compiled = options_of(compile)
+    if compiled is not None:
+        check_supported("saliency", model, metric=metric)
     noise = DEFAULT_NOISE if noise is None else noise
     smooth_type = "smoothgrad" if smooth_type is None else smooth_type
     batch_size = check_batch_size(batch_size)
@@ -86,19 +92,21 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
         item = chunk // n
-        args, kwargs = prep.call(item)
-        _, grad = gradient_at(model, prep.site, rows[chunk], lambda out: prep.scores(out, item).sum(-1), args, kwargs)
+        grad = gradients(prep, prep.site, rows[chunk], item, 1)[1][:, 0]
         attr = grad * rows[chunk] if mode == "grad_x_input" else grad
         attr = attr.to(torch.promote_types(attr.dtype, torch.float32))   # sums (and squares) in >= float32
         return torch.stack([attr, attr * attr], 1) if smooth else attr.unsqueeze(1)
 
-    key = ("saliency", tuple(x.shape[1:]), x.dtype)
-    sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
-                    remember=(model.module, key))
+    remember = (model.module, ("saliency", tuple(x.shape[1:]), x.dtype))
+    with gradient_passes(prep, compiled, remember, batch_size) as gradients:
+        sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
+                        remember=remember)
     values = _smoothed(sums, n, smooth_type) if smooth else sums[:, 0]
     check_finite_values("saliency", values, prep)
     options = dict(noise=noise, smooth_type=smooth_type, seed=seed) if smooth else {}
     info = {k: v for k, v in dict(mode=mode, smooth=smooth, **options).items() if v is not None}
+    if compiled is not None:
+        info["compile"] = True
     results = []
     for i in range(prep.n_items):
         if language:

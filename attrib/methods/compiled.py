@@ -1,0 +1,351 @@
+"""Compiled passes (``compile=True``): integrated gradients' and saliency's rows run through the Hugging Face model
+itself, under ``torch.compile``, in shapes from a few buckets.
+
+>>> from attrib.methods.compiled import row_bucket, row_passes, token_bucket
+>>> token_bucket(7), token_bucket(32), token_bucket(33)          # tokens: up to a multiple of 16
+(16, 32, 48)
+>>> row_bucket(3), row_bucket(52), row_bucket(4340)              # rows: less than an eighth more
+(4, 52, 4608)
+>>> row_passes(8680, 6468)               # (real rows, rows computed): equal passes within the planned 6468 rows
+[(4340, 4608), (4340, 4608)]
+
+The core's traced passes pause the forward in hooks (greenlets), which ``torch.compile`` cannot trace. A compiled
+pass therefore calls the model directly: ``hf(inputs_embeds=points, attention_mask=..., position_ids=...,
+logits_to_keep=n)``, scores its rows with the adapter's ``prep.scores`` (:mod:`attrib.methods.targets`: the same
+``score``, ``contrast`` and multi-token targets as the traced pass) and takes ``torch.autograd.grad`` of the
+summed scores with respect to the points only, the parameters frozen (``requires_grad`` off for the call,
+restored in ``finally``). What is compiled (``CompileOptions.scope``):
+
+- ``"layers"`` (the default where :mod:`attrib.models.layouts` knows the model): each decoder layer, for the call's
+  length only (``_compiled_call_impl``, what ``module.compile()`` sets, removed afterwards). Every layer shares one
+  compiled graph per shape, so compile time does not grow with depth; the rest of the forward (rotary tables, the
+  mask, the final norm and head, the scores) runs eagerly.
+- ``"model"``: the whole forward as one graph (more fusion, one CUDA graph; compile time grows with depth).
+- ``"none"``: the same direct calls, neither compiled nor padded (what bypassing the trace alone gives).
+
+Shapes come from buckets, compiled with ``dynamic=False`` once per bucket and kept by torch for the process:
+a pass's tokens are left-padded to a multiple of ``tokens`` (16; attention mask and position ids as attrib pads a
+batch of prompts), and its rows are padded to a bucket (:func:`row_bucket`) with copies of its last row, whose
+scores and gradients are dropped. The planner (:mod:`attrib.methods.planning`) stays in charge of the rows: a
+planned pass is run as equal bucketed passes of at most the planned rows (scaled down by the token padding), and
+its measured passes (on a CPU also its search for the fastest size) run eagerly, so compile time never enters its
+readings.
+``mode`` is ``"reduce-overhead"`` (CUDA graphs) on CUDA and torch's default elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator, NoReturn
+
+import torch
+
+from ..core.devices import compute_devices, input_module, is_dispatched
+from ..errors import LayoutError, MethodError
+from ..models.language import LanguageModel, accepts
+from ..models.layouts import layout_of
+from ..models.sites import Site
+from .inputs import Inputs
+from .passes import item_gradients
+from .planning import Planner
+
+__all__ = ["CompileOptions", "options_of", "check_supported", "gradient_passes", "token_bucket", "row_bucket",
+           "row_passes", "compiled_buckets"]
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SCOPES = ("auto", "layers", "model", "none")
+RECOMPILE_LIMIT = 256        # compiled shapes kept per code object while attrib's passes run (torch's default: 8)
+_CALL_KEYS = ("input_ids", "attention_mask", "position_ids", "logits_to_keep", "use_cache")
+
+Gradients = Callable[[Inputs, Site, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How ``compile=`` runs the passes (``compile=True`` is ``CompileOptions()``).
+
+    >>> CompileOptions(scope="model").tokens
+    16
+
+    ``mode``: ``torch.compile``'s (``None``: ``"reduce-overhead"`` on CUDA, ``"default"`` elsewhere); ``scope``:
+    ``"auto"`` (``"layers"`` where a layout is known, else ``"model"``), ``"layers"``, ``"model"`` or ``"none"``;
+    ``tokens``: the token bucket's multiple; ``liger``: Llama-family kernels of the ``liger-kernel`` package
+    (RMSNorm, SwiGLU, RoPE; CUDA only) for the length of the call.
+    """
+
+    mode: str | None = None
+    scope: str = "auto"
+    tokens: int = 16
+    liger: bool = False
+
+
+def options_of(compile: Any) -> CompileOptions | None:
+    """``compile=`` as options (``None``: the traced passes), or a clear error."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return CompileOptions()
+    if not isinstance(compile, CompileOptions):
+        raise MethodError(f"compile={compile!r:.60} must be True, False or an "
+                          "attrib.methods.compiled.CompileOptions(...); pass compile=True.")
+    if compile.mode is not None and compile.mode not in MODES:
+        raise MethodError(f"CompileOptions(mode={compile.mode!r:.40}) is not one of {', '.join(MODES)}; pass one of "
+                          "those, or None for the device's default.")
+    if compile.scope not in SCOPES:
+        raise MethodError(f"CompileOptions(scope={compile.scope!r:.40}) is not one of {', '.join(SCOPES)}.")
+    if isinstance(compile.tokens, bool) or not isinstance(compile.tokens, int) or compile.tokens < 1:
+        raise MethodError(f"CompileOptions(tokens={compile.tokens!r:.40}) must be a positive int (the multiple "
+                          "prompts are padded to), e.g. 16.")
+    return compile
+
+
+def check_supported(method: str, model: Any, *, layer: Any = None, metric: Any = None, per_token: bool = False,
+                    n_steps: Any = 1) -> None:
+    """Refuse, before any pass, what compiled passes do not run (see docs/methods.md, "Compiled passes")."""
+    def refuse(what: str, instead: str) -> NoReturn:
+        raise MethodError(f"compile=True runs {method} on a Hugging Face language model's input embeddings, but "
+                          f"{what}; {instead}, or leave compile out.")
+
+    if not isinstance(model, LanguageModel):
+        refuse(f"the model is {type(model).__name__}, not an attrib.LanguageModel",
+               "wrap the Hugging Face model in attrib.LanguageModel(hf_model, tokenizer)")
+    hf = model.module
+    if model.is_encoder_decoder:
+        refuse(f"{type(hf).__name__} is an encoder-decoder", "use a decoder-only model")
+    if not accepts(hf, "inputs_embeds") or input_module(hf) is None:
+        refuse(f"{type(hf).__name__} takes no inputs_embeds", "use a model whose forward takes inputs_embeds")
+    if is_dispatched(hf):
+        refuse(f"{type(hf).__name__} is dispatched over devices by accelerate", "load it on one device")
+    if layer is not None:
+        refuse(f"layer={getattr(layer, 'name', layer)!r:.40} attributes to a layer", "drop layer=")
+    if metric is not None:
+        refuse("metric= reads logits whose positions the token padding would change",
+               "score a target (target=, contrast=, score=)")
+    if per_token:
+        refuse("per_token=True needs one backward per target token", "drop per_token")
+    if isinstance(n_steps, str):
+        refuse(f"n_steps={n_steps!r} (the float32 default) adapts its steps per prompt",
+               "pass a fixed number of steps such as n_steps=50")
+
+
+def token_bucket(tokens: int, multiple: int = 16) -> int:
+    """``tokens`` rounded up to a multiple of ``multiple``."""
+    return -(-tokens // multiple) * multiple
+
+
+def row_bucket(rows: int) -> int:
+    """``rows`` rounded up to a bucket: a power of two up to 8, above that eight buckets per doubling (m · 2^k with
+    8 ≤ m < 16), so that padding adds less than an eighth."""
+    if rows <= 8:
+        return 1 << (rows - 1).bit_length()
+    granule = 1 << (rows.bit_length() - 4)
+    return -(-rows // granule) * granule
+
+
+def row_passes(rows: int, limit: int) -> list[tuple[int, int]]:
+    """(real rows, rows computed) of the passes that run ``rows`` rows: the fewest equal passes of at most ``limit``
+    rows, each padded to one shape, its bucket or ``limit`` itself if that is smaller."""
+    limit = max(1, limit)
+    passes = -(-rows // limit)
+    size = -(-rows // passes)
+    return [(min(size, rows - i * size), min(row_bucket(size), limit)) for i in range(passes)]
+
+
+# Which buckets ran compiled, per model (what later calls find warm): (scope, mode, rows, tokens, masked).
+_warm: "weakref.WeakKeyDictionary[torch.nn.Module, set[tuple]]" = weakref.WeakKeyDictionary()
+_compiled: dict[tuple[str, str], Callable[..., Any]] = {}        # (scope, mode) -> compiled function
+
+
+def compiled_buckets(module: torch.nn.Module) -> list[tuple]:
+    """The buckets that ran compiled on ``module`` in this process: (scope, mode, rows, tokens, masked)."""
+    return sorted(_warm.get(module, ()))
+
+
+def _call_layer(layer: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return layer._call_impl(*args, **kwargs)
+
+
+def _call_model(module: torch.nn.Module, kwargs: dict[str, Any]) -> Any:
+    return module(**kwargs)
+
+
+def _compile(scope: str, mode: str) -> Callable[..., Any]:
+    """One compiled function per scope and mode for the process: torch keeps its graphs per shape and guards."""
+    key = (scope, mode)
+    if key not in _compiled:
+        fn = _call_layer if scope == "layers" else _call_model
+        _compiled[key] = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
+    return _compiled[key]
+
+
+@contextlib.contextmanager
+def gradient_passes(prep: Inputs, options: CompileOptions | None, remember: tuple[torch.nn.Module, Hashable],
+                    batch_size: int | None) -> Iterator[Gradients]:
+    """A function with :func:`~attrib.methods.passes.item_gradients`' signature for one method call: the traced
+    passes when ``options`` is None, else compiled ones (``remember``: the planner's key of the call's rows)."""
+    if options is None:
+        yield item_gradients
+        return
+    passes = _Passes(prep, options, remember, batch_size)
+    hf = prep.model.module
+    frozen = [(p, p.requires_grad) for p in hf.parameters()]
+    limits = {"recompile_limit": max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT),
+              "accumulated_recompile_limit": max(torch._dynamo.config.accumulated_recompile_limit,
+                                                 4 * RECOMPILE_LIMIT)}
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        with torch._dynamo.config.patch(**limits), (_liger(hf) if options.liger else contextlib.nullcontext()):
+            yield passes.gradients
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+class _Passes:
+    """The compiled passes of one method call."""
+
+    def __init__(self, prep: Inputs, options: CompileOptions, remember: tuple[torch.nn.Module, Hashable],
+                 batch_size: int | None) -> None:
+        self.prep, self.options, self.remember, self.batch_size = prep, options, remember, batch_size
+        hf = prep.model.module
+        self.device = prep.x.device
+        self.mode = options.mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
+        self.scope = options.scope
+        self.layers: list[torch.nn.Module] = []
+        if self.scope in ("auto", "layers"):
+            try:
+                self.layers = list(hf.get_submodule(layout_of(hf).layers))
+                self.scope = "layers"
+            except LayoutError:
+                if self.scope == "layers":
+                    raise
+                self.scope = "model"
+        if prep.site.envoy(prep.model).module is not input_module(hf):
+            raise MethodError(f"compile=True passes the attributed values as inputs_embeds, but the embed site "
+                              f"{prep.site.path} is not {type(hf).__name__}.get_input_embeddings(); leave compile out.")
+        _, kwargs = prep.call(torch.zeros(1, dtype=torch.long))
+        extra = sorted(set(kwargs) - set(_CALL_KEYS))
+        if extra:
+            raise MethodError(f"compile=True calls the model with inputs_embeds and the attention mask, but these "
+                              f"inputs also carry {extra}; pass them without those, or leave compile out.")
+        self.keep = {k: kwargs[k] for k in ("logits_to_keep", "use_cache") if k in kwargs}
+        self.positions = accepts(hf, "position_ids")
+        self.padded = not bool(prep.call(torch.arange(prep.n_items))[1]["attention_mask"].all())
+
+    def _planned(self, rows: int) -> int | None:
+        """Rows per pass the planner settled on (the caller's ``batch_size``), or None while it still measures."""
+        if self.batch_size is not None:
+            return self.batch_size
+        planner = Planner(rows, None, self.device, self.remember, compute_devices(self.remember[0]))
+        settled = not planner.measuring and (self.device.type == "cuda" or planner.cost.best is not None)
+        return planner.size if settled else None
+
+    def gradients(self, prep: Inputs, where: Site, value: torch.Tensor, item: torch.Tensor, n_out: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (R, 1), gradients (R, 1, ...)) as :func:`~attrib.methods.passes.item_gradients` gives them."""
+        planned = self._planned(len(item))
+        if planned is None or self.scope == "none":      # a measured pass of the planner: eager, as it comes
+            scores, grad = self._pass(value, item, len(item), 0, compiled=False)
+            return scores.unsqueeze(1), grad.unsqueeze(1)
+        tokens = value.shape[1]
+        bucket = token_bucket(tokens, self.options.tokens)
+        limit = planned if self.batch_size is not None else max(1, planned * tokens // bucket)
+        parts, start = [], 0
+        for real, rows in row_passes(len(item), limit):
+            index = torch.arange(start, start + rows, device=item.device).clamp(max=start + real - 1)
+            parts.append(self._pass(value[index], item[index], real, bucket - tokens, compiled=True))
+            start += real
+        scores, grad = (torch.cat(t) for t in zip(*parts)) if len(parts) > 1 else parts[0]
+        return scores.unsqueeze(1), grad.unsqueeze(1)
+
+    def _pass(self, points: torch.Tensor, items: torch.Tensor, real: int, pad: int, compiled: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward and backward of ``points`` (rows of ``items``, left-padded by ``pad`` tokens): the first
+        ``real`` rows' summed scores and gradients at the points."""
+        prep, hf = self.prep, self.prep.model.module
+        mask = prep.call(items)[1]["attention_mask"]
+        if pad:
+            mask = torch.nn.functional.pad(mask, (pad, 0))
+            points = torch.nn.functional.pad(points, (0, 0, pad, 0))
+        leaf = points.detach().requires_grad_(True)
+        call: dict[str, Any] = {"inputs_embeds": leaf, **self.keep}
+        masked = self.padded or pad > 0
+        if masked:                   # as LanguageModel.call_kwargs: the mask, and positions from each row's first token
+            call["attention_mask"] = mask
+            if self.positions:
+                call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.enable_grad():
+            if compiled:
+                if self.mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                try:
+                    output = self._compiled_call(hf, call)
+                except torch._dynamo.exc.BackendCompilerFailed as err:
+                    inner = getattr(err, "inner_exception", None) or err
+                    why = (str(inner).strip().splitlines() or [""])[0][:160]
+                    raise MethodError(f"torch.compile (mode {self.mode!r}, scope {self.scope!r}) failed on "
+                                      f"{type(hf).__name__} ({type(inner).__name__}: {why}); pass compile=False, or "
+                                      "other CompileOptions(mode=..., scope=...).") from err
+                _warm.setdefault(hf, set()).add((self.scope, self.mode, len(items), points.shape[1], masked))
+            else:
+                output = hf(**call)
+            scores = prep.scores(output, items).sum(-1)
+            (grad,) = torch.autograd.grad(scores[:real].sum(), leaf)
+        # copies: a CUDA graph's outputs are overwritten by its next replay
+        return scores[:real].detach().clone(), grad[:real, pad:].clone()
+
+    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any]) -> Any:
+        fn = _compile(self.scope, self.mode)
+        if self.scope == "model":
+            return fn(hf, call)
+        saved = [(layer, layer.__dict__.get("_compiled_call_impl")) for layer in self.layers]
+        try:
+            for layer, _ in saved:
+                layer._compiled_call_impl = functools.partial(fn, layer)
+            return hf(**call)
+        finally:
+            for layer, before in saved:
+                if before is None:
+                    layer.__dict__.pop("_compiled_call_impl", None)
+                else:
+                    layer._compiled_call_impl = before
+
+
+@contextlib.contextmanager
+def _liger(hf: torch.nn.Module) -> Iterator[None]:
+    """liger-kernel's RMSNorm, SwiGLU and RoPE on ``hf`` for the length of the call (its instance patches and its
+    module-level ones undone afterwards)."""
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        raise MethodError("CompileOptions(liger=True) needs the liger-kernel package, which is not installed; "
+                          "pip install liger-kernel, or leave liger out.") from None
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if apply is None or next(hf.parameters()).device.type != "cuda":
+        raise MethodError(f"CompileOptions(liger=True) runs liger-kernel's Triton kernels on CUDA models of the "
+                          f"families it knows, not this {model_type!r} model on "
+                          f"{next(hf.parameters()).device.type}; leave liger out.")
+    wanted = {"rope": True, "swiglu": True, "geglu": True, "rms_norm": True, "layer_norm": True,
+              "cross_entropy": False, "fused_linear_cross_entropy": False}
+    accepted = inspect.signature(apply).parameters
+    modeling = sys.modules[type(hf).__module__]
+    module_vars = dict(vars(modeling))
+    saved = [(m, dict(m.__dict__)) for m in hf.modules()]
+    try:
+        apply(model=hf, **{k: v for k, v in wanted.items() if k in accepted})
+        yield
+    finally:
+        for m, state in saved:
+            m.__dict__.clear()
+            m.__dict__.update(state)
+        for name in set(vars(modeling)) - set(module_vars):
+            delattr(modeling, name)
+        for name, value in module_vars.items():
+            setattr(modeling, name, value)
