@@ -243,8 +243,7 @@ class _Passes:
         if self.batch_size is not None:
             return self.batch_size
         planner = Planner(rows, None, self.device, self.remember, compute_devices(self.remember[0]))
-        settled = not planner.measuring and (self.device.type == "cuda" or planner.cost.best is not None)
-        return planner.size if settled else None
+        return planner.size if planner.settled else None
 
     def gradients(self, prep: Inputs, where: Site, value: torch.Tensor, item: torch.Tensor, n_out: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:

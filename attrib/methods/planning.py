@@ -140,6 +140,11 @@ class Planner:
         return max(1, min(size, self.cost.cap or size))
 
     @property
+    def settled(self) -> bool:
+        """Whether the plan is made: no pass left to measure, and (CPU) the search for the fastest size over."""
+        return not self.measuring and (not self._cpu_like or self.cost.best is not None)
+
+    @property
     def measuring(self) -> bool:
         """Whether the next pass is a probe, to be run inside a :class:`PeakMeter`."""
         return self.chosen is None and self.can_measure and not self.cost.measured and len(self.points) < 2
@@ -149,8 +154,7 @@ class Planner:
         planned size (8,704 rows at 4,036 a pass: 2,902 × 3, not 4,036 + 4,036 + 632, whose short last pass
         runs below the card's throughput)."""
         size = max(1, min(self.size, remaining))
-        settled = self.chosen is None and not self.measuring and (not self._cpu_like or self.cost.best is not None)
-        if settled:
+        if self.chosen is None and self.settled:
             passes = -(-remaining // size)
             size = -(-remaining // passes)
         return size
