@@ -43,6 +43,7 @@ from ..models.sites import Site, head_outputs, in_out, layout_for, site
 from ..results import Graph
 from .inputs import check_batch_size, check_grad_mode
 from .pairs import Pairs, prepare_pairs
+from .planning import each_chunk
 from .quadrature import quadrature
 
 __all__ = ["edge_attribution_patching", "METHODS"]
@@ -133,8 +134,9 @@ def _senders(nodes: _Nodes, model: Model, clean: dict[Site, torch.Tensor], corru
 
 def _receivers(nodes: _Nodes, model: Model, values: dict[Any, torch.Tensor], metric: torch.Tensor,
                reduce: Callable[[torch.Tensor], torch.Tensor], acc: torch.dtype) -> torch.Tensor:
-    """(receivers, pairs, positions, hidden): the metric's gradient at the residual stream as each receiver reads
-    it, from the run's graph, each row's weighted by ``reduce`` into its pair, in the order of ``nodes.receivers``.
+    """(receivers, rows, positions, hidden): the metric's gradient at the residual stream as each receiver reads
+    it, from the run's graph, each passed through ``reduce`` (weighted, on one device), in the order of
+    ``nodes.receivers``.
 
     A head's query (key, value) reads the stream through the norm and its slice of the projection: the
     gradient at its slice, times that slice of the weight, gives the gradient at the norm's output (all heads in
@@ -189,7 +191,9 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
     their last token, as in the patchings; a position a shorter pair lacks counts 0 for it), which sums to the
     edge's score except for a multi-token target, whose teacher-forced positions count in the score (as exact
     edge patching patches them) but have no column; ``positions`` (ints, negative from the end) keeps only the
-    senders' values at those prompt positions; ``batch_size``: rows (points × pairs) per gradient pass."""
+    senders' values at those prompt positions; ``batch_size``: rows (points × pairs) per gradient pass, and pairs
+    per forward of the clean (corrupted) values (``None``: planned from measured passes, halved on out-of-memory:
+    :mod:`attrib.methods.planning`; the scores are the same up to float rounding)."""
     check_grad_mode("edge_attribution_patching", model)
     batch_size = check_batch_size(batch_size)
     if method not in METHODS:
@@ -201,39 +205,43 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
                                  1 if method == "eap" else (5 if n_steps is None else n_steps), "rule")
     pairs, nodes, _, acc = setup(model, clean, corrupted, target, contrast, score, metric, component_map, positions)
     n = pairs.n_pairs
-    everyone = torch.arange(n)
-    clean_values, m_clean = _run(pairs, nodes, pairs.clean, everyone, None, grad=False)
+    clean_values, m_clean = _gather(pairs, nodes, pairs.clean, batch_size)
     eap = len(alphas) == 1 and alphas[0] == 1.0        # the gradient at the corrupted run: its values come with it
-    corrupted_values, m_corrupted = (None, None) if eap else _run(pairs, nodes, pairs.corrupted, everyone, None,
-                                                                  grad=False)
+    corrupted_values, m_corrupted = (None, None) if eap else _gather(pairs, nodes, pairs.corrupted, batch_size)
     first_clean = clean_values[nodes.resid[0]]
-    # every (point, pair) is a row of the gradient passes, ``batch_size`` rows at a time (None: all)
-    plan = [(alpha, weight, p) for alpha, weight in zip(alphas, weights) for p in range(n)]
-    size = batch_size or len(plan)
-    grads = None
-    for begin in range(0, len(plan), size):
-        chunk = plan[begin:begin + size]
-        items = torch.tensor([p for _, _, p in chunk])
-        rows_weight = torch.tensor([w for _, w, _ in chunk], dtype=acc)
-        start = None if eap else torch.stack([first_clean[p] + a * (corrupted_values[nodes.resid[0]][p] - first_clean[p])
-                                              for a, _, p in chunk])                  # α = 1: the corrupted run
-        values, m_rows = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
-        if eap:                            # chunks cover the pairs in order: their values make the corrupted run's
-            got = {k: v.detach() for k, v in values.items() if k != "metric"}
-            corrupted_values = got if corrupted_values is None else \
-                {k: torch.cat([corrupted_values[k], got[k]]) for k in got}
-            m_corrupted = m_rows if m_corrupted is None else torch.cat([m_corrupted, m_rows])
-        pair_of, weight_of = items.to(first_clean.device), rows_weight.to(first_clean.device)
+    device = first_clean.device                        # where the gradients are summed (a dispatched model's first)
+    # row i of the gradient passes is point i // n of pair i % n, ``batch_size`` rows a pass (None: planned)
+    point_alpha, point_weight = torch.tensor(alphas, dtype=acc), torch.tensor(weights, dtype=acc)
+    grads = torch.zeros((len(nodes.receivers), *first_clean.shape), dtype=acc, device=device)   # (R, pairs, T, d)
+    done: list[tuple[dict[Any, torch.Tensor], torch.Tensor]] = []   # EAP: the corrupted run's values, pass by pass
 
-        def reduce(v: torch.Tensor) -> torch.Tensor:        # into the pairs, on the first layer's device
-            v = v.detach().to(pair_of.device)
-            out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
-            return out.index_add_(0, pair_of, v * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1)))
+    def run(rows: torch.Tensor) -> None:
+        rows = rows.cpu()
+        items, point = rows % n, rows // n
+        start = None
+        if not eap:                        # the first layer's input on the line, α = 1: the corrupted run
+            f, c = first_clean[items].to(acc), corrupted_values[nodes.resid[0]][items].to(acc)
+            alpha = point_alpha[point].to(device).view(-1, *[1] * (f.dim() - 1))
+            start = (f + alpha * (c - f)).to(first_clean.dtype)
+        values, m_rows = _run(pairs, nodes, pairs.corrupted, items, start, grad=True)
+        weight_of = point_weight[point].to(device)
+
+        def reduce(v: torch.Tensor) -> torch.Tensor:        # weighted, on the first layer's device
+            v = v.detach().to(device)
+            return v * weight_of.to(v.dtype).view(-1, *[1] * (v.dim() - 1))
 
         with torch.enable_grad():          # the caller may be under torch.no_grad(): the sum joins the graph
-            part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)    # (R, pairs, T, d)
-        grads = part if grads is None else grads + part
-        del values
+            part = _receivers(nodes, model, values, values.pop("metric"), reduce, acc)    # (R, rows, T, d)
+        grads.index_add_(1, items.to(device), part)
+        if eap:                            # passes cover the pairs in order: their values make the corrupted run's
+            done.append(({k: values[k].detach() for k in nodes.sender_reads()}, m_rows))
+
+    # what a row costs: the model (by module), its dtype, the rows' positions (prompt and target) and hidden size,
+    # the nodes (a component_map may name others)
+    key = ("eap", eap, tuple(pairs.clean.x.shape[1:]), len(nodes.senders), len(nodes.receivers), model.dtype, acc)
+    size, passes = each_chunk(len(alphas) * n, batch_size, model.device, run, remember=(model.module, key))
+    if eap:
+        corrupted_values, m_corrupted = _joined(done)
     with torch.no_grad():
         deltas = _senders(nodes, model, clean_values, corrupted_values, acc)           # (S, pairs, T, d)
         if positions is not None:          # the senders' values at the positions asked for only
@@ -252,11 +260,30 @@ def edge_attribution_patching(model: Model, clean: Any, corrupted: Any, *, targe
     if per_position:                      # the positions asked for, of the longest prompt (never the continuation)
         kept = by_position[..., pairs.clean.n_prompt - pairs.length + torch.tensor(pairs.positions)].cpu()
     info = {"n_steps": len(alphas), "rule": rule or ("riemann_right" if method == "eap" else "gausslegendre"),
-            "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size}
+            "pairs": n, "parallel_residual": nodes.parallel, "rows_per_pass": size, "passes": passes}
     longest = next(i for i, labels in enumerate(pairs.clean.labels) if len(labels) == pairs.length)
     return Graph(nodes.senders, nodes.receivers, scores, nodes.edges.clone(), method,
                  pairs.target_text(), float(m_clean.mean()), float(m_corrupted.mean()), info, kept,
                  [pairs.clean.labels[longest][p] for p in pairs.positions] if per_position else None)
+
+
+def _joined(parts: list[tuple[dict[Any, torch.Tensor], torch.Tensor]]) -> tuple[dict[Any, torch.Tensor], torch.Tensor]:
+    """The values and metrics of passes over consecutive rows, as those of one pass (concatenated along the first
+    dimension, which also joins an OPT MLP's (rows · positions, hidden) values in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([values[k] for values, _ in parts]) for k in parts[0][0]}, torch.cat([m for _, m in parts])
+
+
+def _gather(pairs: Pairs, nodes: _Nodes, inputs: Any, batch_size: int | None) -> tuple[dict[Any, torch.Tensor],
+                                                                                        torch.Tensor]:
+    """The senders' module values and the metric of every pair of ``inputs``, from no-grad forwards of
+    ``batch_size`` pairs (``None``: planned, halved on out-of-memory)."""
+    model, parts = pairs.model, []
+    each_chunk(pairs.n_pairs, batch_size, model.device,
+               lambda rows: parts.append(_run(pairs, nodes, inputs, rows.cpu(), None, grad=False)),
+               remember=(model.module, ("eap-values", tuple(inputs.x.shape[1:]), len(nodes.senders), model.dtype)))
+    return _joined(parts)
 
 
 def _run(pairs: Pairs, nodes: _Nodes, inputs: Any, items: torch.Tensor, start: torch.Tensor | None,

@@ -31,7 +31,7 @@ from ..core.rules import Call, Rule, Rules
 from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import ACTIVATIONS, is_activation
@@ -105,7 +105,7 @@ def deeplift(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
 
     with Rules(pairs):
         sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
-                        remember=(model.module, ("deeplift", tuple(x.shape[1:]), x.dtype)))
+                        remember=plan_key(model, ("deeplift",), x))
     values = sums[:, 0]
     check_finite_values("deeplift", values, prep)
     totals = torch.stack([diffs[i] for i in range(prep.n_items)])

@@ -40,6 +40,7 @@ from ..results import Faithfulness, Graph
 from .circuits import _Nodes, setup as _setup
 from .inputs import Inputs, check_batch_size
 from .pairs import Pairs
+from .planning import each_chunk
 
 __all__ = ["edge_patching", "circuit_faithfulness"]
 
@@ -70,10 +71,30 @@ class _Plan:
         return torch.einsum("bs,sbtd->btd", m.to(self.diff.dtype).to(self.diff.device), self.diff[:self.n])
 
 
-def _values(pairs: Pairs, nodes: _Nodes, model: Model, inputs: Inputs, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sender's value on ``inputs`` (senders, pairs, positions, hidden) and the metric per pair."""
-    rows = torch.arange(pairs.n_pairs, device=inputs.x.device)
+def _values(pairs: Pairs, nodes: _Nodes, model: Model, inputs: Inputs, acc: torch.dtype,
+            batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sender's value on ``inputs`` (senders, pairs, positions, hidden) and the metric per pair, from no-grad
+    forwards of ``batch_size`` pairs (``None``: planned, halved on out-of-memory)."""
+    out: list[torch.Tensor] = []
+    metric = torch.empty(pairs.n_pairs, dtype=torch.float64)
+
+    def run(rows: torch.Tensor) -> None:
+        rows = rows.cpu()
+        values, metric[rows] = _sender_values(nodes, model, inputs, rows, acc)
+        if not out:
+            out.append(values.new_empty((values.shape[0], pairs.n_pairs, *values.shape[2:])))
+        out[0][:, rows.to(values.device)] = values
+
+    key = ("edge-values", tuple(inputs.x.shape[1:]), len(nodes.senders), model.dtype, acc)
+    each_chunk(pairs.n_pairs, batch_size, model.device, run, remember=(model.module, key))
+    return out[0], metric
+
+
+def _sender_values(nodes: _Nodes, model: Model, inputs: Inputs, rows: torch.Tensor,
+                   acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sender's value on the rows ``rows`` of ``inputs`` (senders, rows, positions, hidden), their metric."""
     args, kwargs = inputs.call(rows)
+    rows = rows.to(inputs.x.device)
     with torch.no_grad(), model.trace(*args, **kwargs):
         saved = [nodes.resid[0].read(model).save()]
         for l in nodes.layers:
@@ -139,9 +160,23 @@ def _patched_metric(pairs: Pairs, nodes: _Nodes, layout: Any, inputs: Inputs, pl
     return metric.double().cpu()
 
 
-def _in_chunks(total: int, batch_size: int | None, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    size = batch_size or total
-    return torch.cat([run(torch.arange(i, min(i + size, total))) for i in range(0, total, size)])
+def _in_chunks(total: int, batch_size: int | None, run: Callable[[torch.Tensor], torch.Tensor], model: Model,
+               key: tuple) -> tuple[torch.Tensor, int]:
+    """``run(rows)`` (a float64 value per row) over ``arange(total)`` in passes of ``batch_size`` rows (``None``:
+    planned under ``key``, halved on out-of-memory); every row's value and the number of passes."""
+    out = torch.empty(total, dtype=torch.float64)
+
+    def fill(rows: torch.Tensor) -> None:
+        rows = rows.cpu()
+        out[rows] = run(rows)
+
+    _, passes = each_chunk(total, batch_size, model.device, fill, remember=(model.module, key))
+    return out, passes
+
+
+def _key(kind: str, pairs: Pairs, nodes: _Nodes, acc: torch.dtype) -> tuple:
+    """What a patched row costs: the model (by module), its dtype, the rows' positions and hidden size, the nodes."""
+    return (kind, tuple(pairs.clean.x.shape[1:]), len(nodes.senders), len(nodes.receivers), pairs.model.dtype, acc)
 
 
 @releasing
@@ -150,12 +185,13 @@ def edge_patching(model: Model, clean: Any, corrupted: Any, *, edges: Sequence[t
                   component_map: Mapping[str, Any] | None = None, batch_size: int | None = None) -> Graph:
     """The exact effect of restoring each edge alone: metric(corrupted run with the edge's receiver reading the
     clean sender value) − metric(corrupted run), averaged over pairs; a :class:`~attrib.Graph` holding only
-    ``edges`` (``(sender, receiver)`` names as :func:`attrib.edge_attribution_patching` gives them)."""
+    ``edges`` (``(sender, receiver)`` names as :func:`attrib.edge_attribution_patching` gives them).
+    ``batch_size``: rows (edges × pairs) per patched forward (``None``: planned, halved on out-of-memory)."""
     batch_size = check_batch_size(batch_size)
     pairs, nodes, layout, acc = _setup(model, clean, corrupted, target, contrast, score, metric, component_map)
     chosen = _edge_indices(nodes, edges)
-    source, m_clean = _values(pairs, nodes, model, pairs.clean, acc)
-    _, m_corrupted = _values(pairs, nodes, model, pairs.corrupted, acc)
+    source, m_clean = _values(pairs, nodes, model, pairs.clean, acc, batch_size)
+    _, m_corrupted = _values(pairs, nodes, model, pairs.corrupted, acc, batch_size)
     n, p = len(chosen), pairs.n_pairs
     mask = torch.zeros(n * p, len(nodes.senders), len(nodes.receivers), dtype=torch.bool)
     for e, (s, r) in enumerate(chosen):
@@ -165,13 +201,14 @@ def edge_patching(model: Model, clean: Any, corrupted: Any, *, edges: Sequence[t
     def run(rows: torch.Tensor) -> torch.Tensor:
         return _patched_metric(pairs, nodes, layout, pairs.corrupted, _Plan(items[rows], mask[rows], source))
 
-    effect = (_in_chunks(n * p, batch_size, run) - m_corrupted[items]).view(n, p).mean(1)
+    metrics, passes = _in_chunks(n * p, batch_size, run, model, _key("edge_patching", pairs, nodes, acc))
+    effect = (metrics - m_corrupted[items]).view(n, p).mean(1)
     scores = torch.zeros(len(nodes.senders), len(nodes.receivers), dtype=acc)
     keep = torch.zeros_like(nodes.edges)
     for e, (s, r) in enumerate(chosen):
         scores[s, r], keep[s, r] = effect[e], True
     return Graph(nodes.senders, nodes.receivers, scores, keep, "edge_patching", pairs.target_text(),
-                 float(m_clean.mean()), float(m_corrupted.mean()), {"pairs": p, "forwards": -(-n * p // (batch_size or n * p))})
+                 float(m_clean.mean()), float(m_corrupted.mean()), {"pairs": p, "forwards": passes})
 
 
 def _edge_indices(nodes: _Nodes, edges: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
@@ -202,7 +239,8 @@ def circuit_faithfulness(model: Model, graph: Graph, clean: Any, corrupted: Any,
                          score: str = "logit", component_map: Mapping[str, Any] | None = None,
                          batch_size: int | None = None) -> Faithfulness:
     """For each size k: the clean run with every edge outside the k top-|score| edges of ``graph`` fed its
-    corrupted sender value; the normalised metric recovered (see the module docstring)."""
+    corrupted sender value; the normalised metric recovered (see the module docstring). ``batch_size``: rows
+    (sizes × pairs) per patched forward (``None``: planned, halved on out-of-memory)."""
     batch_size = check_batch_size(batch_size)
     if not isinstance(graph, Graph):
         raise MethodError(f"graph must be an attrib.Graph (from edge_attribution_patching), got {type(graph).__name__}.")
@@ -212,8 +250,8 @@ def circuit_faithfulness(model: Model, graph: Graph, clean: Any, corrupted: Any,
     pairs, nodes, layout, acc = _setup(model, clean, corrupted, target, contrast, score, metric, component_map)
     if graph.senders != nodes.senders or graph.receivers != nodes.receivers:
         raise MethodError("the graph's senders and receivers are not this model's; score the graph on this model.")
-    source, m_corrupted = _values(pairs, nodes, model, pairs.corrupted, acc)
-    _, m_clean = _values(pairs, nodes, model, pairs.clean, acc)
+    source, m_corrupted = _values(pairs, nodes, model, pairs.corrupted, acc, batch_size)
+    _, m_clean = _values(pairs, nodes, model, pairs.clean, acc, batch_size)
     ranked = [(graph.senders.index(s), graph.receivers.index(r)) for s, r, _ in graph.top(graph.n_edges)] \
         if graph.n_edges else []
     p = pairs.n_pairs
@@ -226,7 +264,8 @@ def circuit_faithfulness(model: Model, graph: Graph, clean: Any, corrupted: Any,
     def run(rows: torch.Tensor) -> torch.Tensor:
         return _patched_metric(pairs, nodes, layout, pairs.clean, _Plan(items[rows], mask[rows], source))
 
-    metrics = _in_chunks(len(sizes) * p, batch_size, run).view(len(sizes), p).mean(1)
+    metrics = _in_chunks(len(sizes) * p, batch_size, run, model,
+                         _key("circuit_faithfulness", pairs, nodes, acc))[0].view(len(sizes), p).mean(1)
     full, empty = float(m_clean.mean()), float(m_corrupted.mean())
     if full == empty:
         raise MethodError(f"the metric is {full:.6g} on both the clean and the corrupted prompts, so no share of a gap "

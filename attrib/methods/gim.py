@@ -43,7 +43,7 @@ from ..models.layouts import layout_of
 from ..models.language import LanguageModel
 from ..results import Attribution
 from .baselines import baseline_for
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import is_norm, qkv_factors
@@ -159,7 +159,7 @@ def gim(model: Model, inputs: Any, *, target: Any = None, contrast: Any = None, 
 
         with Rules(pairs):
             sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
-                            remember=(model.module, ("gim", tuple(x.shape[1:]), x.dtype)))
+                            remember=plan_key(model, ("gim",), x))
     finally:
         if tempered and not at_probes:
             _restore_attention(model.module)

@@ -35,7 +35,7 @@ from ..core.release import releasing
 from ..errors import MethodError
 from ..results import Attribution
 from .baselines import baseline_for
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .collect import attributions
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .inputs import prepare
@@ -94,7 +94,7 @@ def gradient_shap(model: Model, inputs: Any, *, target: Any = None, contrast: An
         return value.to(torch.promote_types(value.dtype, torch.float32)).unsqueeze(1)
 
     sums = run_rows(run, rows, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
-                    remember=(model.module, ("gradient_shap", tuple(x.shape[1:]), x.dtype)))
+                    remember=plan_key(model, ("gradient_shap",), x))
     values = sums[:, 0] / n
     check_finite_values("gradient_shap", values, prep)
     totals = _expected(model, prep, dist if distribution else mean_baseline, distribution)

@@ -23,7 +23,7 @@ import torch
 from ..errors import ConvergenceWarning, MethodError
 from ..models.sites import Site
 from .adaptive import Rows, integrate_adaptive
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .inputs import Inputs
 from .passes import item_gradients
 
@@ -69,9 +69,8 @@ def integrate_auto(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, 
             sums = torch.stack([scalar * wk, scalar * wg, scalar.abs() * wk], dim=-1)          # (R, n_out, 3)
             return torch.cat([grad.flatten(2) * wk.unsqueeze(-1), sums], dim=-1)           # (R, n_out, numel + 3)
 
-        key = ("ig-auto", where.name, tuple(item_shape), n_out, x.dtype)
         out = run_rows(run, rows.items.numel(), lambda idx: rows.groups[idx.cpu()].to(x.device), rows.n_groups,
-                       batch_size, like=x, remember=(model.module, key))
+                       batch_size, like=x, remember=plan_key(model, ("ig-auto", where.name, n_out), x, prep.x.shape[1]))
         return out
 
     # the end points first: f(x) and f(b) set the tolerance of every item

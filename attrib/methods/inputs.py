@@ -43,7 +43,7 @@ from ..errors import InputError, MethodError, TargetError, TrainModeWarning
 from ..models.ids import as_ids
 from ..models.language import LanguageModel
 from ..models.sites import Site, first_tensor, site
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .checks import check_batch_size, check_finite_inputs, check_grad_mode, has_dropout, nonfinite
 from .targets import Target, logits_of, resolve_targets, token_scores
 
@@ -229,7 +229,7 @@ def _predicted(model: Model, call: Callable[[torch.Tensor], tuple[tuple, dict]],
             return logits_of(model.module(*args, **kwargs))[:, -1]
 
     return run_rows(run, n_items, lambda rows: rows, n_items, batch_size, like=like,
-                    remember=(model.module, ("predict", tuple(like.shape[1:]), like.dtype)))
+                    remember=plan_key(model, ("predict",), like))
 
 
 def _language(model: LanguageModel, inputs: Any, target: Any, contrast: Any, score: str,

@@ -29,7 +29,7 @@ from ..models.language import LanguageModel
 from ..models.sites import Site, site
 from ..results import Attribution
 from .baselines import baseline_for
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .compiled import CompileOptions, check_supported, gradient_passes, options_of
 from .inputs import Inputs, check_batch_size, check_finite_inputs, check_grad_mode, nonfinite, prepare, token_strings
 from .passes import values_at
@@ -230,9 +230,8 @@ def _layer_value(prep: Inputs, where: Site, replace: torch.Tensor | None, batch_
                               "rows, not one value per row; attribute to a module whose output has the batch first.")
         return value
 
-    key = ("layer values", where.name, tuple(prep.x.shape[1:]), prep.x.dtype)
     return run_rows(run, prep.n_items, lambda rows: rows, prep.n_items, batch_size, like=prep.x,
-                    remember=(model.module, key))
+                    remember=plan_key(model, ("layer values", where.name), prep.x))
 
 
 def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alphas: list[float],
@@ -259,7 +258,7 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
         w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
         return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
-    remember = (model.module, ("ig", where.name, tuple(x.shape[1:]), n_out, x.dtype))
+    remember = plan_key(model, ("ig", where.name, n_out), x, prep.x.shape[1])
     with gradient_passes(prep, options, remember, batch_size) as gradients:
         summed = run_rows(run, prep.n_items * n_nodes, lambda rows: rows // n_nodes, prep.n_items, batch_size,
                           like=x, remember=remember)                       # (items, n_out, ...)

@@ -38,7 +38,7 @@ from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
 from .collect import attributions
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .checks import check_batch_size, check_finite_inputs, check_finite_values, check_grad_mode
 from .composites import composite
 from .inputs import Inputs, prepare
@@ -100,7 +100,7 @@ def gradient_with_rules(model: Model, prep: Inputs, pairs: list, batch_size: int
 
     with Rules(pairs):
         sums = run_rows(run, prep.n_items, lambda chunk: chunk, prep.n_items, batch_size, like=x,
-                        remember=(model.module, (key, tuple(x.shape[1:]), x.dtype)))
+                        remember=plan_key(model, (key,), x))
     scores = torch.stack([found[i] for i in range(prep.n_items)])
     check_finite_values(key, sums[:, 0], prep)
     return sums[:, 0], scores

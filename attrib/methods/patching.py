@@ -62,6 +62,7 @@ from ..errors import MethodError
 from ..models.sites import Site, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_grad_mode
+from .batching import plan_key
 from .planning import each_chunk
 from . import atp_star as star
 from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, ordered, prepare_pairs
@@ -101,9 +102,8 @@ def _chunks(total: int, batch_size: int | None, pairs: Pairs, kind: tuple,
             run: Callable[[torch.Tensor], None]) -> tuple[int, int]:
     """``run`` over CPU ``arange(total)`` in chunks of ``batch_size`` (``None``: planned, halved on
     out-of-memory; a size the caller chose is kept); (the last chunk size, the number of chunks run)."""
-    key = (*kind, pairs.components, pairs.length, pairs.model.dtype)
     return each_chunk(total, batch_size, pairs.model.device, lambda rows: run(rows.cpu()),
-                      remember=(pairs.model.module, key))
+                      remember=plan_key(pairs.model, (*kind, pairs.components, pairs.model.dtype), pairs.clean.x))
 
 
 def _nan_scores(pairs: Pairs) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from ..models.language import LanguageModel
 from ..models.sites import Site, site
 from ..results import PathProfile
 from .baselines import baseline_for
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .inputs import check_batch_size, check_finite_inputs, check_grad_mode, prepare
 from .integrated_gradients import _accumulation_dtype, _baseline_info, _integer_baseline, _layer_value, _point
 from .passes import item_gradients
@@ -157,7 +157,7 @@ def _profile(prep: Any, where: Site, x: torch.Tensor, b: torch.Tensor, nodes: np
         rate = (grad[:, 0].to(acc) * (x[item].to(acc) - b[item].to(acc))).flatten(1).sum(-1)
         return torch.stack([scores[:, 0].double(), rate.double()], dim=-1)        # (rows, 2)
 
-    key = ("path profile", where.name, tuple(x.shape[1:]), x.dtype)
     total = prep.n_items * n_nodes
-    out = run_rows(run, total, lambda rows: rows, total, batch_size, like=x, remember=(prep.model.module, key))
+    out = run_rows(run, total, lambda rows: rows, total, batch_size, like=x,
+                   remember=plan_key(prep.model, ("path profile", where.name), x, prep.x.shape[1]))
     return out.detach().cpu().view(prep.n_items, n_nodes, 2)

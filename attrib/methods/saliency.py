@@ -42,7 +42,7 @@ from ..core.release import releasing
 from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..results import Attribution
-from .batching import run_rows
+from .batching import plan_key, run_rows
 from .checks import check_finite_values
 from .compiled import CompileOptions, check_supported, gradient_passes, options_of
 from .inputs import check_batch_size, check_finite_inputs, check_grad_mode, prepare
@@ -97,7 +97,7 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
         attr = attr.to(torch.promote_types(attr.dtype, torch.float32))   # sums (and squares) in >= float32
         return torch.stack([attr, attr * attr], 1) if smooth else attr.unsqueeze(1)
 
-    remember = (model.module, ("saliency", tuple(x.shape[1:]), x.dtype))
+    remember = plan_key(model, ("saliency",), x)
     with gradient_passes(prep, compiled, remember, batch_size) as gradients:
         sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
                         remember=remember)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..errors import AttribError, RunError
 from .methods import ALIASES, METHODS, canonical, option_names, switch_names
 from .report import write_report
-from .runner import DEFAULT_CHUNK, run_dataset
+from .runner import CUDA_CHUNK, DEFAULT_CHUNK, run_dataset
 from .distributed import world_from_env
 
 __all__ = ["main", "split_options", "parser"]
@@ -100,12 +100,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="the run's folder (created; a rerun resumes it)")
     run.add_argument("--model", default=None, help="a local Hugging Face folder or a .gguf file (default: the demo "
                                                   "model)")
-    run.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help=f"prompts per method call and shard "
-                                                                      f"(default {DEFAULT_CHUNK})")
+    run.add_argument("--chunk", type=int, default=None, help=f"prompts per method call and shard (default "
+                                                           f"{DEFAULT_CHUNK} on a CPU, {CUDA_CHUNK} on CUDA; a "
+                                                           "resumed run keeps the chunk it started with)")
     run.add_argument("--dtype", default=None, help="auto, float32, float64, float16 or bfloat16")
     run.add_argument("--device", default=None, help="e.g. cpu or cuda:1 (default: CUDA when there, else the "
                                                    "CPU; under torchrun cuda:LOCAL_RANK)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (the run's nor the methods')")
     report = commands.add_parser("report", help="write a self-contained HTML page of a finished run")
     report.add_argument("folder", help="the run's folder (--out of attrib run)")
     report.add_argument("--output", default=None, help="where to write the page (default FOLDER/report.html)")

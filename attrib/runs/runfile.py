@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import RunError
 from .disk import write_atomic
 
-__all__ = ["RUN_FILE", "FORMAT", "check_or_record"]
+__all__ = ["RUN_FILE", "FORMAT", "check_or_record", "recorded"]
 
 RUN_FILE = "run.json"
 FORMAT = 1
@@ -55,6 +55,12 @@ def check_or_record(folder: str, settings: dict[str, Any]) -> None:
     if changed:
         raise RunError(f"{folder!r} was started with other options ({'; '.join(changed)}); to resume, run the same "
                        "command as the first time, or pass another --out for a new run.")
+
+
+def recorded(folder: str) -> dict[str, Any] | None:
+    """What ``folder/run.json`` recorded at the run's first start (None when there is none yet)."""
+    path = os.path.join(folder, RUN_FILE)
+    return _read(path) if os.path.isfile(path) else None
 
 
 def _read(path: str) -> dict[str, Any]:

@@ -63,8 +63,10 @@ def test_row_passes_cover_the_rows_within_the_limit(rows, limit):
 
 
 def test_row_buckets():
-    assert [row_bucket(n) for n in (1, 3, 5, 8, 9, 17, 52, 100, 4340)] == [1, 4, 8, 8, 9, 18, 52, 104, 4608]
-    assert all(n <= row_bucket(n) < n * 9 / 8 + 1 for n in range(9, 5000))      # less than an eighth of padding
+    assert [row_bucket(n) for n in (1, 3, 5, 8, 9, 17, 33, 52, 100, 4340, 4353)] == \
+        [1, 4, 8, 8, 9, 17, 34, 52, 100, 4352, 4608]
+    assert all(n <= row_bucket(n) < n * 17 / 16 + 1 for n in range(9, 5000))   # less than a sixteenth of padding
+    assert len({row_bucket(n) for n in range(1025, 2049)}) == 16                  # sixteen shapes per doubling
 
 
 def test_token_buckets():
@@ -128,8 +130,8 @@ def test_planned_rows(models):
     assert graphs() == before and set(compiled_buckets(hf)) == buckets
     assert_close(got, attrib.integrated_gradients(model, PROMPTS[2], **kw))
     # a settled plan of 8 rows per pass (9 tokens, bucket 16): compiled passes of 8 · 9 // 16 -> 4 rows
-    key = ("ig", "embed", (9, 32), 1, torch.float32)
-    planning._plans[hf] = {key: planning.Cost(lines={"cpu": (0.0, 1.0)}, best=8)}
+    key = ("ig", "embed", 1, (32,), torch.float32)         # the length is left out: kept as Cost.tokens
+    planning._plans[hf] = {key: planning.Cost(lines={"cpu": (0.0, 1.0)}, tokens=9, best=8 * 9)}
     got = attrib.integrated_gradients(model, PROMPTS[2], compile=True, **kw)
     assert_close(got, attrib.integrated_gradients(model, PROMPTS[2], batch_size=8, **kw))
     new = set(compiled_buckets(hf)) - buckets
