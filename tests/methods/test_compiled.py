@@ -166,11 +166,48 @@ def test_whole_model_scope(models):
     (lambda m: attrib.saliency(m, PROMPTS[0], target="w7", compile=CompileOptions(mode="fast")), "mode='fast'"),
     (lambda m: attrib.saliency(m, PROMPTS[0], target="w7", compile=CompileOptions(scope="heads")), "scope='heads'"),
     (lambda m: attrib.saliency(m, PROMPTS[0], target="w7", compile=CompileOptions(tokens=0)), "tokens=0"),
+    (lambda m: attrib.saliency(m, PROMPTS[0], target="w7", compile=CompileOptions(attention="flash")),
+     "attention='flash'"),
 ])
 def test_refused(models, call, match):
     with pytest.raises(MethodError, match=match) as info:
         call(models["llama"])
     assert str(info.value).endswith(".")
+
+
+@pytest.mark.parametrize("attention,prompt,seen", [("auto", PROMPTS[2], "eager"), ("model", PROMPTS[2], "sdpa"),
+                                                    ("auto", " ".join(f"w{i % 30}" for i in range(40)), "sdpa"),
+                                                    ("eager", " ".join(f"w{i % 30}" for i in range(40)), "eager")])
+def test_short_compiled_passes_run_the_plain_attention(models, attention, prompt, seen):
+    """attention="auto": the plain ("eager") attention for buckets of at most 32 tokens (9 -> 16), the model's own
+    SDPA above (40 -> 48); the model's setting is back afterwards, also after an error in the pass."""
+    model = models["llama"]
+    hf = model.module
+    read: list[str] = []
+    attn = hf.model.layers[0].self_attn
+    handle = attn.register_forward_pre_hook(lambda m, args, kwargs: read.append(m.config._attn_implementation),
+                                            with_kwargs=True)
+    try:
+        kw = dict(target="w7", n_steps=4, batch_size=6)
+        got = attrib.integrated_gradients(model, prompt, compile=CompileOptions(attention=attention), **kw)
+        assert hf.config._attn_implementation == "sdpa"
+        assert read and set(read) == {seen}
+        read.clear()
+        assert_close(got, attrib.integrated_gradients(model, prompt, **kw))
+        assert set(read) == {"sdpa"}                                 # the traced passes: as the model is set
+
+        def fail(m, args, kwargs):
+            raise RuntimeError("a failing pass")
+
+        failing = hf.lm_head.register_forward_pre_hook(fail, with_kwargs=True)     # outside the compiled layers
+        try:
+            with pytest.raises(RuntimeError, match="a failing pass"):
+                attrib.integrated_gradients(model, prompt, compile=CompileOptions(attention=attention), **kw)
+        finally:
+            failing.remove()
+        assert hf.config._attn_implementation == "sdpa" and attn.config._attn_implementation == "sdpa"
+    finally:
+        handle.remove()
 
 
 def test_liger_refused_without_the_package(models):

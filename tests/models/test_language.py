@@ -1,0 +1,54 @@
+"""LanguageModel.call_kwargs: the kept logits' positions as a tensor of indices, where the model takes one."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+import attrib
+from attrib.models.language import keeps_by_index
+
+
+def _llama() -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).double().eval()
+
+
+class _IntOnly(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        return input_ids
+
+
+def test_the_kept_positions_go_as_indices_where_the_model_takes_them():
+    hf = _llama()
+    model = attrib.LanguageModel(hf)
+    ids = torch.randint(1, 97, (3, 7))
+    kwargs = model.call_kwargs(ids, torch.ones_like(ids), keep=2)
+    assert keeps_by_index(hf) and not keeps_by_index(_IntOnly())
+    assert torch.equal(kwargs["logits_to_keep"], torch.tensor([5, 6]))
+    assert model.call_kwargs(ids, keep=0)["logits_to_keep"] == 0            # 0: every position, as given
+    assert model.call_kwargs(ids, keep=9)["logits_to_keep"] == 9            # more than the prompt: as given
+
+
+def test_the_head_gets_a_contiguous_block_and_the_same_logits_and_gradients():
+    """The int's slice of the last position is a strided view, which torch's matmul runs as one product per row
+    when it requires grad; the indices gather a contiguous block. Same logits and input gradients either way."""
+    hf = _llama()
+    model = attrib.LanguageModel(hf)
+    ids = torch.randint(1, 97, (4, 9))
+    seen: list[bool] = []
+    handle = hf.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        results = []
+        for keep in (model.call_kwargs(ids, keep=1)["logits_to_keep"], 1):
+            x = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = hf(inputs_embeds=x, logits_to_keep=keep).logits
+            (grad,) = torch.autograd.grad(logits[:, -1, 5].sum(), x)
+            results.append((logits, grad))
+    finally:
+        handle.remove()
+    assert seen == [True, False]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-14, atol=1e-16)
