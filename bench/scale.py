@@ -26,15 +26,34 @@ Case ``long`` (goal 4, CUDA): IG of one target logit on one ``--long-tokens`` (8
 random-weight Llama-3-8B-shape model in bf16 made directly on the card, ``--steps`` steps, ``batch_size=None``:
 whether it completes, its time, peak memory and every pass the planner tried (rows).
 
+Case ``compiled`` (goal 2: ≥ 500 prompts/s, warm-up ≤ 60 s, single prompt ≤ 15 ms): ``bench/scale_compiled.py``'s
+table: eager against ``compile=True`` and the same without CUDA graphs (``--variants``), the big call of the planner
+case and one prompt of 64 tokens × 50 steps (``--single-tokens``, ``--single-steps``): prompts/s, % of the FLOP
+floor, warm-up seconds, single-prompt ms, max difference from eager; then the goals, met or not. CUDA; on the CPU
+only with ``--cpu-compile`` (4 prompts × 16 tokens × 8 steps: inductor on a few cores takes minutes).
+
+Case ``dispatch`` (goal 3: a model dispatched over GPUs equals its one-GPU result; ``bench/scale_dispatch.py``):
+the Llama-1B shape (``--shape 8b`` / ``70b``: bf16) on ``cuda:0`` and the same weights dispatched over every
+visible GPU (one GPU: ``cuda:0`` and CPU offload), IG of one logit, ``--dispatch-tokens`` 256 tokens, ``--steps``:
+seconds, peak per GPU, max difference. On the CPU: ``--tiny`` (a 4-layer float64 Llama on an all-CPU map).
+
+Case ``distributed`` (goal 6: ``torchrun --nproc-per-node 4 -m attrib run`` ≥ 3.6× one GPU;
+``bench/scale_distributed.py``): a local model folder and a JSONL of ``--dataset-prompts`` prompts, ``attrib run``
+in one process and under ``torch.distributed.run`` in 2, 4, ... (every visible GPU; 2 on the CPU; ``--nprocs``),
+``--chunk`` prompts a call (64 on CUDA, 8 on the CPU): wall seconds, prompts/s, speed-up (whole command, less the
+startup, steady), and whether each run's results equal the one-process run's.
+
 Run from the repo root::
 
     python bench/scale.py --device cpu          # float32, 4 prompts × 16 tokens, 32 steps (about 5 minutes)
-    python bench/scale.py --device cuda         # bf16, 256 prompts × 32 tokens, 32 steps (the issue's case)
+    python bench/scale.py --device cuda         # bf16, every case this machine can run (the issue's sizes)
+    python bench/scale.py --device cpu --cases distributed,dispatch --tiny --steps 8    # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -190,10 +209,39 @@ def measure_long(args: argparse.Namespace, device: torch.device) -> None:
           f"{bool(torch.isfinite(result.values).all())} |")
 
 
+def measure_compiled(args: argparse.Namespace, device: torch.device) -> None:
+    """Goal 2: ``bench/scale_compiled.py``'s table (its functions, imported here) at this run's sizes."""
+    if device.type != "cuda" and not args.cpu_compile:
+        print("\n### compiled: CUDA only here (inductor on a few CPU cores takes minutes); pass --cpu-compile to run "
+              "it on the CPU at 4 prompts × 16 tokens × 8 steps.")
+        return
+    from bench import scale_compiled
+
+    cuda = device.type == "cuda"
+    sizes = argparse.Namespace(**{k: v[0 if cuda else 1] for k, v in scale_compiled.DEFAULTS.items()})
+    if cuda:
+        sizes.prompts, sizes.tokens, sizes.steps = args.prompts, args.tokens, args.steps
+    sizes.single_tokens = args.single_tokens or sizes.single_tokens
+    sizes.single_steps = args.single_steps or sizes.single_steps
+    sizes.batch_size = sizes.batch_size or None
+    sizes.reps, sizes.variants, sizes.warm_cache = args.reps, args.variants, args.warm_cache
+    scale_compiled.measure_compiled(sizes, device, torch.bfloat16 if cuda else torch.float32)
+
+
+CASES = ("planner", "long", "compiled", "dispatch", "distributed")
+
+
+def default_cases(device: torch.device) -> str:
+    """On CUDA every case this machine can run (distributed needs two GPUs); on the CPU the planner."""
+    if device.type != "cuda":
+        return "planner"
+    return ",".join(c for c in CASES if c != "distributed" or torch.cuda.device_count() > 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cases", default="planner")
+    parser.add_argument("--cases", help=f"comma list of {', '.join(CASES)} (default: all on CUDA, planner on a CPU)")
     parser.add_argument("--prompts", type=int)
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--steps", type=int, default=32)
@@ -203,6 +251,21 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=8192)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    group = parser.add_argument_group("compiled")
+    group.add_argument("--variants", default="eager,compile,default", help="bench/scale_compiled.py's variants")
+    group.add_argument("--single-tokens", type=int)
+    group.add_argument("--single-steps", type=int)
+    group.add_argument("--warm-cache", action="store_true", help="keep torch's on-disk compile caches")
+    group.add_argument("--cpu-compile", action="store_true", help="run the compiled case on a CPU too (slow)")
+    group = parser.add_argument_group("dispatch and distributed")
+    group.add_argument("--shape", choices=["tiny", "1b", "8b", "70b"], help="dispatch: the model (default 1b on CUDA)")
+    group.add_argument("--tiny", action="store_true", help="tiny models: dispatch --shape tiny, distributed 2 layers")
+    group.add_argument("--dispatch-tokens", type=int, default=256)
+    group.add_argument("--dataset-prompts", type=int, help="distributed: prompts (default 1024 on CUDA, 32 on a CPU)")
+    group.add_argument("--chunk", type=int, help="distributed: attrib run --chunk (default 64 on CUDA, 8 on a CPU)")
+    group.add_argument("--nprocs", help="distributed: process counts, comma-separated (default 1, 2, 4, ... GPUs)")
+    group.add_argument("--keep", action="store_true", help="distributed: keep the model and run folders")
+    group.add_argument("--no-startup", action="store_true", help="distributed: no startup runs (less startup: –)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -211,16 +274,34 @@ def main() -> None:
     args.tokens = args.tokens or (32 if cuda else 16)
     args.sizes = args.sizes or ("1024,2048,4096,8704" if cuda else "16,32,64,136")
     args.chunks = args.chunks or ("2048" if cuda else "64")
+    args.shape = "tiny" if args.tiny else args.shape
     if not cuda:
         torch.set_num_threads(max(1, torch.get_num_threads()))
     print(header(device, args.reps, args.warmup, {"attrib": attrib.__version__}))
-    for case in args.cases.split(","):
+    for case in (args.cases or default_cases(device)).split(","):
         if case == "planner":
             measure_planner(args, device, dtype)
-        elif case == "long" and cuda:
-            measure_long(args, device)
+        elif case == "long":
+            if cuda:
+                measure_long(args, device)
+            else:
+                print("\n### long prompt: CUDA only (a Llama-3-8B shape on one card).")
+        elif case == "compiled":
+            measure_compiled(args, device)
+        elif case == "dispatch":
+            from bench.scale_dispatch import measure_dispatch
+
+            measure_dispatch(args, device)
+        elif case == "distributed":
+            from bench.scale_distributed import measure_distributed
+
+            measure_distributed(args, device)
         else:
-            raise SystemExit(f"unknown case {case!r} on {device}; known: planner, long (CUDA)")
+            raise SystemExit(f"unknown case {case!r}; known: {', '.join(CASES)}")
+        torch._dynamo.reset()             # compiled graphs (and their CUDA graph pools) go before the next case
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -83,8 +83,12 @@ def rel_diff(got: Any, ref: Any) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
 
 
-def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
-    """Print the markdown table (see the module docstring) for ``args.variants`` on ``device`` in ``dtype``."""
+GOALS = {"prompts/s": 500.0, "warm-up s": 60.0, "single-prompt IG ms": 15.0}   # issue 10, goal 2 (compile=True)
+
+
+def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, str]]:
+    """Print the markdown table (see the module docstring) for ``args.variants`` on ``device`` in ``dtype``, and the
+    goals of ``compile=True``; returns the rows."""
     hf = build("smollm2", device, dtype)
     model = attrib.LanguageModel(hf)
     vocab = hf.config.vocab_size
@@ -138,9 +142,9 @@ def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torc
     cols = ["contestant", "s per big call", "prompts/s", "% of FLOP floor", "warm-up s", "single-prompt IG ms",
             "max rel. diff vs eager (big / single)", "buckets"]
     per_pass = "planned (batch_size=None)" if args.batch_size is None else f"batch_size={args.batch_size}"
-    print(f"\n### IG, SmolLM2-135M shape, {str(dtype).removeprefix('torch.')}: big = {args.prompts} prompts × "
-          f"{args.tokens} tokens × {args.steps} steps in one call; single = 1 prompt × {args.single_tokens} tokens × "
-          f"{args.single_steps} steps; rows per pass {per_pass}\n")
+    print(f"\n### compiled: IG, SmolLM2-135M shape, {str(dtype).removeprefix('torch.')}: big = {args.prompts} "
+          f"prompts × {args.tokens} tokens × {args.steps} steps in one call; single = 1 prompt × "
+          f"{args.single_tokens} tokens × {args.single_steps} steps; rows per pass {per_pass}\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
@@ -151,6 +155,23 @@ def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torc
     print("\nEvery call in order (first, then the timed ones):\n")
     for line in calls:
         print(f"- {line}")
+    print(f"\n{goals(rows)}")
+    return rows
+
+
+def goals(rows: list[dict[str, str]]) -> str:
+    """Goal 2 of the scale issue, for the ``compile=True`` row: met or not, each."""
+    row = next((r for r in rows if r["contestant"] == "attrib compile=True"), None)
+    wanted = f"≥ {GOALS['prompts/s']:.0f} prompts/s, warm-up ≤ {GOALS['warm-up s']:.0f} s, single prompt ≤ " \
+             f"{GOALS['single-prompt IG ms']:.0f} ms"
+    if row is None or not row.get("prompts/s"):
+        return f"Goal 2 ({wanted}): no compile=True row{' (failed)' if row else ''}."
+    parts = []
+    for key, bound in GOALS.items():
+        value = float(row[key])
+        met = value >= bound if key == "prompts/s" else value <= bound
+        parts.append(f"{key} {value:g}: {'**met**' if met else '**not met**'}")
+    return f"Goal 2 ({wanted}), compile=True: " + "; ".join(parts) + "."
 
 
 def main() -> None:

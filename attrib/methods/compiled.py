@@ -30,7 +30,8 @@ scores and gradients are dropped. The planner (:mod:`attrib.methods.planning`) s
 planned pass is run as equal bucketed passes of at most the planned rows (scaled down by the token padding), and
 its measured passes (on a CPU also its search for the fastest size) run eagerly, so compile time never enters its
 readings.
-``mode`` is ``"reduce-overhead"`` (CUDA graphs) on CUDA and torch's default elsewhere.
+``mode`` (by default) is ``"reduce-overhead"`` (CUDA graphs) for CUDA passes of fewer than ``GRAPHED`` row-tokens,
+whose time goes to launching kernels, and torch's default for larger ones and elsewhere.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ from .passes import item_gradients
 from .planning import Planner
 
 __all__ = ["CompileOptions", "options_of", "check_supported", "gradient_passes", "token_bucket", "row_bucket",
-           "row_passes", "compiled_buckets"]
+           "row_passes", "compiled_buckets", "pass_mode"]
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCOPES = ("auto", "layers", "model", "none")
 ATTENTIONS = ("auto", "model", "eager")
+GRAPHED = 32_768  # row-tokens below which a CUDA pass replays CUDA graphs (H200: 52 x 64 rows 27-33 ms against 47;
+                  # 4,352 x 32: 487 prompts/s against 530 without, whose static-buffer copies cost more than launches)
 SHORT = 32      # tokens up to which attention="auto" runs the plain attention (H200, 32 tokens: 523 vs 477 prompts/s)
 RECOMPILE_LIMIT = 256        # compiled shapes kept per code object while attrib's passes run (torch's default: 8)
 _CALL_KEYS = ("input_ids", "attention_mask", "position_ids", "logits_to_keep", "use_cache")
@@ -74,7 +77,8 @@ class CompileOptions:
     >>> CompileOptions(scope="model").tokens
     16
 
-    ``mode``: ``torch.compile``'s (``None``: ``"reduce-overhead"`` on CUDA, ``"default"`` elsewhere); ``scope``:
+    ``mode``: ``torch.compile``'s (``None``: ``"reduce-overhead"`` for CUDA passes of fewer than ``GRAPHED``
+    rows × tokens, ``"default"`` for larger ones and elsewhere); ``scope``:
     ``"auto"`` (``"layers"`` where a layout is known, else ``"model"``), ``"layers"``, ``"model"`` or ``"none"``;
     ``tokens``: the token bucket's multiple; ``liger``: Llama-family kernels of the ``liger-kernel`` package
     (RMSNorm, SwiGLU, RoPE; CUDA only) for the length of the call; ``attention``: ``"auto"`` (the model's
@@ -166,6 +170,18 @@ def row_passes(rows: int, limit: int) -> list[tuple[int, int]]:
     return [(min(size, rows - i * size), min(row_bucket(size), limit)) for i in range(passes)]
 
 
+def pass_mode(mode: str | None, device: torch.device, rows: int, tokens: int) -> str:
+    """The compile mode of a pass of ``rows`` × ``tokens`` on ``device`` (``mode``, the caller's, if given).
+
+    >>> cuda = torch.device("cuda")
+    >>> pass_mode(None, cuda, 52, 64), pass_mode(None, cuda, 4352, 32), pass_mode("max-autotune", cuda, 1, 1)
+    ('reduce-overhead', 'default', 'max-autotune')
+    """
+    if mode is not None:
+        return mode
+    return "reduce-overhead" if device.type == "cuda" and rows * tokens < GRAPHED else "default"
+
+
 # Which buckets ran compiled, per model (what later calls find warm): (scope, mode, rows, tokens, masked).
 _warm: "weakref.WeakKeyDictionary[torch.nn.Module, set[tuple]]" = weakref.WeakKeyDictionary()
 _compiled: dict[tuple[str, str], Callable[..., Any]] = {}        # (scope, mode) -> compiled function
@@ -225,7 +241,6 @@ class _Passes:
         self.prep, self.options, self.remember, self.batch_size = prep, options, remember, batch_size
         hf = prep.model.module
         self.device = prep.x.device
-        self.mode = options.mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
         self.scope = options.scope
         self.layers: list[torch.nn.Module] = []
         if self.scope in ("auto", "layers"):
@@ -293,32 +308,39 @@ class _Passes:
                 call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         plain = compiled and self._plain_attention(points.shape[1])
         with torch.enable_grad(), (_attention(hf, "eager") if plain else contextlib.nullcontext()):
+            mode = self._mode(len(items), points.shape[1])
+            graphed = mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
             if compiled:
-                if self.mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
+                if graphed:
                     torch.compiler.cudagraph_mark_step_begin()
                 try:
-                    output = self._compiled_call(hf, call)
+                    output = self._compiled_call(hf, call, mode)
                 except torch._dynamo.exc.BackendCompilerFailed as err:
                     inner = getattr(err, "inner_exception", None) or err
                     why = (str(inner).strip().splitlines() or [""])[0][:160]
-                    raise MethodError(f"torch.compile (mode {self.mode!r}, scope {self.scope!r}) failed on "
+                    raise MethodError(f"torch.compile (mode {mode!r}, scope {self.scope!r}) failed on "
                                       f"{type(hf).__name__} ({type(inner).__name__}: {why}); pass compile=False, or "
                                       "other CompileOptions(mode=..., scope=...).") from err
-                _warm.setdefault(hf, set()).add((self.scope, self.mode, len(items), points.shape[1], masked))
+                _warm.setdefault(hf, set()).add((self.scope, mode, len(items), points.shape[1], masked))
             else:
                 output = hf(**call)
             scores = prep.scores(output, items).sum(-1)
             (grad,) = torch.autograd.grad(scores[:real].sum(), leaf)
-        # copies: a CUDA graph's outputs are overwritten by its next replay
-        return scores[:real].detach().clone(), grad[:real, pad:].clone()
+        scores, grad = scores[:real].detach(), grad[:real, pad:]
+        if compiled and graphed:          # copies: a CUDA graph's outputs are overwritten by its next replay
+            return scores.clone(), grad.clone()
+        return scores, grad
+
+    def _mode(self, rows: int, tokens: int) -> str:
+        return pass_mode(self.options.mode, self.device, rows, tokens)
 
     def _plain_attention(self, tokens: int) -> bool:
         """Whether a compiled pass of ``tokens`` positions runs the model's plain ("eager") attention."""
         choice = self.options.attention
         return choice == "eager" or (choice == "auto" and tokens <= SHORT)
 
-    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any]) -> Any:
-        fn = _compile(self.scope, self.mode)
+    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str) -> Any:
+        fn = _compile(self.scope, mode)
         if self.scope == "model":
             return fn(hf, call)
         saved = [(layer, layer.__dict__.get("_compiled_call_impl")) for layer in self.layers]
