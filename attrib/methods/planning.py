@@ -238,9 +238,9 @@ class Planner:
         """CPU: keep doubling until two doublings in a row fail to raise rows per second by ``GAIN`` over the
         fastest smaller size (one slow pass on a busy machine does not end the search), or memory runs out;
         then settle on the fastest size. Sizes are counted in rows × tokens, speeds in tokens per second."""
-        if rows < self.size:            # a run's last, shorter pass says nothing about the size
-            return
         tried, t = self.cost.tried, self.tokens
+        if rows < self.size and rows * t <= max(tried, default=0):
+            return      # a run's last, shorter pass says nothing new (a whole call past the sizes tried does)
         work = rows * t
         tried[work] = max(tried.get(work, 0.0), work / max(seconds, 1e-9))   # a busy machine only slows
         misses, fastest = 0, 0.0

@@ -208,6 +208,22 @@ def test_the_cpu_search_goes_on_across_short_calls(free):
     assert calls[0] == [4, 8, 4] and calls[1:] == [[16], [16], [16]]
 
 
+def test_calls_shorter_than_the_next_size_still_end_the_search(free):
+    """Calls of 136 rows, rows per second flat from 64 rows on: the next size to try (256) never fits in a call,
+    but a call's single pass of 136 rows is past every size tried, so it counts; with 128 it makes the two
+    doublings that do not pay, and the search ends (it went on for ever before, the CPU bench's case)."""
+    free(100 * GIB)
+    rate = {4: 10, 8: 18, 16: 26, 32: 33, 64: 38, 128: 38.5, 136: 38.2}
+    module = torch.nn.Linear(1, 1)
+    calls = []
+    for _ in range(3):
+        calls.append(simulate(Planner(136, None, CPU, (module, "k")), 136, 0.0, 1e6,
+                              seconds=lambda n: n / rate.get(n, 20)))
+    assert calls[0] == [4, 8, 16, 32, 64, 12] and calls[1] == [128, 8] and calls[2] == [136]
+    cost = planning._plans[module]["k"]
+    assert cost.best == 136 and Planner(136, None, CPU, (module, "k")).settled    # 64, 128, 136 within 5%: the largest
+
+
 def test_a_run_shorter_than_the_probe_is_one_pass_and_still_plans_the_next(free):
     free(10 * GIB)
     module = torch.nn.Linear(1, 1)
