@@ -164,8 +164,10 @@ def measure_planner(args: argparse.Namespace, device: torch.device, dtype: torch
     for key, cost in planning._plans.get(hf, {}).items():
         lines = ", ".join(f"{name}: {per_row / 2**20:.2f} MiB a row + {fixed / 2**20:.0f} MiB"
                           for name, (fixed, per_row) in cost.lines.items()) or "not measured"
-        print(f"\nplan kept for {key[0]!r}: {lines}; rows that fit now {cost.fits()}, CPU size settled on "
-              f"{cost.best}, cap {cost.cap}")
+        settled = "–" if cost.best is None else f"{cost.best // cost.tokens} rows"
+        cap = "none" if cost.cap is None else f"{cost.cap[0]} rows of {cost.cap[1]} tokens"
+        print(f"\nplan kept for {key[0]!r} (measured at {cost.tokens} tokens a row): {lines}; rows that fit now "
+              f"{cost.fits()}, CPU size settled on {settled}, cap {cap}")
     params = sum(p.numel() for n, p in hf.named_parameters() if "embed" not in n)
     rate = matmul_rate(device)
     floor = rate / (4 * params * args.tokens * args.steps)
