@@ -201,9 +201,11 @@ class LanguageModel(Model):
             # gathered into a contiguous (rows, keep, d) block, while the int's slice is a strided view that
             # torch's matmul does not fold into one GEMM when it requires grad (a batched product of one row per
             # sequence that reads the whole head once per row: 40 ms of a 4,352-row pass on an H200, 10× the GEMM)
+            # (decoder-only: an encoder-decoder keeps positions of its decoder's inputs, which are not these)
             length = input_ids.shape[-1]
+            by_index = 0 < keep <= length and not self.is_encoder_decoder and keeps_by_index(module)
             kwargs["logits_to_keep"] = (torch.arange(length - keep, length, device=input_ids.device)
-                                        if 0 < keep <= length and keeps_by_index(module) else keep)
+                                        if by_index else keep)
         if accepts(module, "use_cache"):
             kwargs["use_cache"] = False
         return kwargs

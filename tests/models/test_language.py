@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import transformers
 
@@ -52,3 +54,36 @@ def test_the_head_gets_a_contiguous_block_and_the_same_logits_and_gradients():
     assert seen == [True, False]
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-14, atol=1e-16)
+
+
+class _KeepingBart(transformers.BartForConditionalGeneration):
+    """A BART whose forward also takes logits_to_keep as positions (as its causal-LM sibling does): of the
+    decoder's inputs."""
+
+    def forward(self, *args: Any, logits_to_keep: "int | torch.Tensor" = 0, **kwargs: Any) -> Any:
+        out = super().forward(*args, **kwargs)
+        if isinstance(logits_to_keep, torch.Tensor) or logits_to_keep:
+            positions = (logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else
+                         torch.arange(out.logits.shape[1] - logits_to_keep, out.logits.shape[1]))
+            out.logits = out.logits[:, positions]
+        return out
+
+
+def test_an_encoder_decoder_keeps_its_decoder_positions_as_an_int():
+    """The encoder's ids cannot give the decoder's positions: the int goes as it is, and the model's logits are
+    those of the decoder's last position."""
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=97, d_model=32, encoder_layers=1, decoder_layers=1,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                  decoder_ffn_dim=64, max_position_embeddings=64, decoder_start_token_id=2)
+    hf = _KeepingBart(cfg).double().eval()
+    model = attrib.LanguageModel(hf)
+    ids = torch.randint(3, 97, (2, 7))
+    decoder = torch.tensor([[2, 5, 9], [2, 6, 8]])
+    kwargs = model.call_kwargs(ids, torch.ones_like(ids), keep=1)
+    assert keeps_by_index(hf) and kwargs["logits_to_keep"] == 1
+    with torch.no_grad():
+        kept = hf(**kwargs, decoder_input_ids=decoder).logits
+        every = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=decoder).logits
+    assert kept.shape == (2, 1, 97)
+    torch.testing.assert_close(kept[:, 0], every[:, -1], rtol=0, atol=0)
