@@ -83,8 +83,8 @@ class CompileOptions:
     ``tokens``: the token bucket's multiple; ``liger``: Llama-family kernels of the ``liger-kernel`` package
     (RMSNorm, SwiGLU, RoPE; CUDA only) for the length of the call; ``attention``: ``"auto"`` (the model's
     plain ``"eager"`` attention, which the compiler fuses, for passes of at most ``SHORT`` tokens, where the
-    fused kernels of SDPA waste most of their tiles; the model's own above), ``"model"`` (always the model's
-    own) or ``"eager"`` (always the plain one).
+    fused kernels of SDPA waste most of their tiles, float64 excepted; the model's own above), ``"model"``
+    (always the model's own) or ``"eager"`` (always the plain one).
     """
 
     mode: str | None = None
@@ -306,7 +306,7 @@ class _Passes:
             call["attention_mask"] = mask
             if self.positions:
                 call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        plain = compiled and self._plain_attention(points.shape[1])
+        plain = compiled and self._plain_attention(points.shape[1], points.dtype)
         with torch.enable_grad(), (_attention(hf, "eager") if plain else contextlib.nullcontext()):
             mode = self._mode(len(items), points.shape[1])
             graphed = mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
@@ -334,10 +334,12 @@ class _Passes:
     def _mode(self, rows: int, tokens: int) -> str:
         return pass_mode(self.options.mode, self.device, rows, tokens)
 
-    def _plain_attention(self, tokens: int) -> bool:
-        """Whether a compiled pass of ``tokens`` positions runs the model's plain ("eager") attention."""
+    def _plain_attention(self, tokens: int, dtype: torch.dtype) -> bool:
+        """Whether a compiled pass of ``tokens`` positions in ``dtype`` runs the model's plain ("eager") attention.
+        Not float64 by default: the plain attention of Hugging Face models takes its softmax in float32, where a
+        float64 mask's minimum is -inf, so a padding row that sees no key becomes NaN and spreads (0 × NaN)."""
         choice = self.options.attention
-        return choice == "eager" or (choice == "auto" and tokens <= SHORT)
+        return choice == "eager" or (choice == "auto" and tokens <= SHORT and dtype != torch.float64)
 
     def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str) -> Any:
         fn = _compile(self.scope, mode)

@@ -237,27 +237,42 @@ class Planner:
     def _grow(self, rows: int, seconds: float) -> None:
         """CPU: keep doubling until two doublings in a row fail to raise rows per second by ``GAIN`` over the
         fastest smaller size (one slow pass on a busy machine does not end the search), or memory runs out;
-        then settle on the fastest size. Sizes are counted in rows × tokens, speeds in tokens per second."""
+        then settle on the fastest size. Sizes are counted in rows × tokens, speeds in tokens per second.
+
+        A call too short for the next size runs all its rows in one pass: that size is recorded (its speed counts
+        when the size is chosen, but only sizes at least twice the last one counted are steps of the search), and
+        the same whole call a second time ends the search, which it cannot take further."""
         tried, t = self.cost.tried, self.tokens
-        if rows < self.size and rows * t <= max(tried, default=0):
-            return      # a run's last, shorter pass says nothing new (a whole call past the sizes tried does)
         work = rows * t
+        if rows < self.size:
+            if rows < self.total:       # a run's last, shorter pass says nothing about the size
+                return
+            if work in tried:           # the same whole call again: settle
+                self._settle()
+                return
         tried[work] = max(tried.get(work, 0.0), work / max(seconds, 1e-9))   # a busy machine only slows
-        misses, fastest = 0, 0.0
+        misses, fastest, step = 0, 0.0, 0
         for size in sorted(tried):
-            misses = 0 if tried[size] >= fastest * GAIN else misses + 1
+            if size >= 2 * step:        # a doubling (sizes in between only inform the choice)
+                misses = 0 if tried[size] >= fastest * GAIN else misses + 1
+                step = size
             fastest = max(fastest, tried[size])
         largest = max(tried)
         limit = min([2 * largest] + [n * t for n in (self.cost.fits(t), self.cost.limit(t)) if n is not None])
         if misses >= 2 or limit <= largest:
-            # sizes within GAIN of the fastest are a tie on a busy machine: the largest of them runs fewer
-            # passes (each has a fixed cost the timing of a pass only partly sees)
-            self.cost.best = max(size for size in tried if tried[size] * GAIN >= fastest)
-            self.cost.next = None
-            self.size = self._planned()
+            self._settle()
         else:
             self.cost.next = limit
             self.size = max(1, limit // t)
+
+    def _settle(self) -> None:
+        """End the CPU search: sizes within ``GAIN`` of the fastest are a tie on a busy machine, and the largest
+        of them runs fewer passes (each has a fixed cost the timing of a pass only partly sees)."""
+        tried = self.cost.tried
+        fastest = max(tried.values())
+        self.cost.best = max(size for size in tried if tried[size] * GAIN >= fastest)
+        self.cost.next = None
+        self.size = self._planned()
 
     def out_of_memory(self, rows: int) -> bool:
         """A pass of ``rows`` ran out of memory: halve and retry (``False``: the error is the caller's)."""

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..core.devices import is_dispatched
 from ..core.model import Model
 from ..errors import InputError
 from .ids import as_ids, short as _short
@@ -39,8 +40,8 @@ def _parameters(module: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
     (accelerate's wrapper, which holds the module) is read each time, so that no module is kept alive."""
     forward = module.forward
     function = getattr(forward, "__func__", None)
-    if function is not None and getattr(forward, "__self__", None) is module:
-        return _signature_of(function)
+    if function is not None and function is getattr(type(module), "forward", None):
+        return _signature_of(function)         # the class's own: holds no module
     try:
         return inspect.signature(forward).parameters
     except (TypeError, ValueError):
@@ -203,7 +204,9 @@ class LanguageModel(Model):
             # sequence that reads the whole head once per row: 40 ms of a 4,352-row pass on an H200, 10× the GEMM)
             # (decoder-only: an encoder-decoder keeps positions of its decoder's inputs, which are not these)
             length = input_ids.shape[-1]
-            by_index = 0 < keep <= length and not self.is_encoder_decoder and keeps_by_index(module)
+            # (and on one device: a dispatched model slices on its last card, where an index made here is not)
+            by_index = (0 < keep <= length and not self.is_encoder_decoder and not is_dispatched(module)
+                        and keeps_by_index(module))
             kwargs["logits_to_keep"] = (torch.arange(length - keep, length, device=input_ids.device)
                                         if by_index else keep)
         if accepts(module, "use_cache"):

@@ -210,6 +210,17 @@ def test_short_compiled_passes_run_the_plain_attention(models, attention, prompt
         handle.remove()
 
 
+def test_a_float64_model_keeps_its_own_attention_by_default():
+    """The plain attention's float32 softmax turns a float64 mask into -inf, so a padding row that sees no key is
+    NaN: attention="auto" keeps the model's own in float64 (3 tokens, padded to 16), and the result is eager's."""
+    model = attrib.LanguageModel(tiny_hf("llama", dtype=torch.float64), WordTokenizer())
+    kw = dict(target="w7", n_steps=4, batch_size=4)
+    got = attrib.integrated_gradients(model, PROMPTS[0], compile=True, **kw)
+    ref = attrib.integrated_gradients(model, PROMPTS[0], **kw)
+    assert bool(torch.isfinite(got.values).all())
+    assert_close(got, ref, tol=1e-6)
+
+
 def test_liger_refused_without_the_package(models):
     import importlib.util
 

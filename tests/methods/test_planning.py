@@ -210,18 +210,43 @@ def test_the_cpu_search_goes_on_across_short_calls(free):
 
 def test_calls_shorter_than_the_next_size_still_end_the_search(free):
     """Calls of 136 rows, rows per second flat from 64 rows on: the next size to try (256) never fits in a call,
-    but a call's single pass of 136 rows is past every size tried, so it counts; with 128 it makes the two
-    doublings that do not pay, and the search ends (it went on for ever before, the CPU bench's case)."""
+    so each call runs its 136 rows in one pass, which is recorded; the same whole call a second time ends the
+    search (it went on for ever before, the CPU bench's case), on the largest size within 5% of the fastest."""
     free(100 * GIB)
     rate = {4: 10, 8: 18, 16: 26, 32: 33, 64: 38, 128: 38.5, 136: 38.2}
     module = torch.nn.Linear(1, 1)
-    calls = []
-    for _ in range(3):
-        calls.append(simulate(Planner(136, None, CPU, (module, "k")), 136, 0.0, 1e6,
-                              seconds=lambda n: n / rate.get(n, 20)))
-    assert calls[0] == [4, 8, 16, 32, 64, 12] and calls[1] == [128, 8] and calls[2] == [136]
+    calls = [simulate(Planner(136, None, CPU, (module, "k")), 136, 0.0, 1e6, seconds=lambda n: n / rate.get(n, 20))
+             for _ in range(4)]
+    assert calls[0] == [4, 8, 16, 32, 64, 12] and calls[1] == [128, 8] and calls[2] == calls[3] == [136]
     cost = planning._plans[module]["k"]
-    assert cost.best == 136 and Planner(136, None, CPU, (module, "k")).settled    # 64, 128, 136 within 5%: the largest
+    assert cost.best == 136 and Planner(136, None, CPU, (module, "k")).settled
+
+
+def test_the_same_small_call_again_ends_the_search(free):
+    """Calls of 3 rows, shorter than the first probe: the search cannot go on, so the second such call settles it
+    (an unsettled CPU plan kept compile=True's passes eager for ever)."""
+    free(100 * GIB)
+    module = torch.nn.Linear(1, 1)
+    for _ in range(2):
+        assert simulate(Planner(3, None, CPU, (module, "k", 8)), 3, 0.0, 1e6, seconds=lambda n: 1.0) == [3]
+    assert planning._plans[module]["k"].best == 3 * 8 and Planner(3, None, CPU, (module, "k", 8)).settled
+
+
+def test_calls_growing_a_little_at_a_time_do_not_end_the_search(free):
+    """Whole calls of 5, 6, 7, 8, 9 rows (a prompt a token longer each time), speed rising with the size: sizes
+    less than twice the last step only inform the choice, so they are not doublings that failed to pay, and a
+    large call later goes on doubling past them."""
+    free(100 * GIB)
+    module = torch.nn.Linear(1, 1)
+
+    def seconds(n: int) -> float:
+        return 5e-4 + 1e-5 * n * 16                # a fixed cost per pass: larger passes always pay (16 tokens)
+
+    for rows in (5, 6, 7, 8, 9):                   # 8 and 9 rows gain under 5% on the size before: not doublings
+        simulate(Planner(rows, None, CPU, (module, "k", 16)), rows, 0.0, 1e6, seconds=seconds)
+    assert planning._plans[module]["k"].best is None
+    sizes = simulate(Planner(4096, None, CPU, (module, "k", 16)), 4096, 0.0, 1e6, seconds=seconds)
+    assert max(sizes) >= 64
 
 
 def test_a_run_shorter_than_the_probe_is_one_pass_and_still_plans_the_next(free):

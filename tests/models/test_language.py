@@ -87,3 +87,38 @@ def test_an_encoder_decoder_keeps_its_decoder_positions_as_an_int():
         every = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=decoder).logits
     assert kept.shape == (2, 1, 97)
     torch.testing.assert_close(kept[:, 0], every[:, -1], rtol=0, atol=0)
+
+
+def test_a_dispatched_model_keeps_the_int(monkeypatch):
+    """A model dispatched over devices slices on its last one, where an index made on the input device is not:
+    the int goes as it is."""
+    from attrib.models import language
+
+    hf = _llama()
+    model = attrib.LanguageModel(hf)
+    ids = torch.randint(1, 97, (2, 5))
+    assert isinstance(model.call_kwargs(ids, keep=1)["logits_to_keep"], torch.Tensor)
+    monkeypatch.setattr(language, "is_dispatched", lambda module: module is hf)
+    assert model.call_kwargs(ids, keep=1)["logits_to_keep"] == 1
+
+
+def test_the_signature_cache_keeps_no_module_alive():
+    """A forward bound on one instance (a function that refers to the module) is read each time, not cached."""
+    import gc
+    import types
+    import weakref
+
+    from attrib.models.language import accepts
+
+    module = torch.nn.Linear(2, 2)
+
+    def forward(self: torch.nn.Module, x: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        return self.weight @ x
+
+    forward.owner = module                           # the function holds the module
+    module.forward = types.MethodType(forward, module)
+    assert accepts(module, "logits_to_keep") and accepts(torch.nn.Linear(2, 2), "input")
+    ref = weakref.ref(module)
+    del module, forward
+    gc.collect()
+    assert ref() is None
