@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
-import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, NoReturn
@@ -51,6 +49,7 @@ from ..errors import LayoutError, MethodError
 from ..models.language import LanguageModel, accepts
 from ..models.layouts import layout_of
 from ..models.sites import Site
+from .compiled_patches import attention, liger
 from .inputs import Inputs
 from .passes import item_gradients
 from .planning import Planner
@@ -226,7 +225,7 @@ def gradient_passes(prep: Inputs, options: CompileOptions | None, remember: tupl
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        with torch._dynamo.config.patch(**limits), (_liger(hf) if options.liger else contextlib.nullcontext()):
+        with torch._dynamo.config.patch(**limits), (liger(hf) if options.liger else contextlib.nullcontext()):
             yield passes.gradients
     finally:
         for p, flag in frozen:
@@ -307,7 +306,7 @@ class _Passes:
             if self.positions:
                 call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         plain = compiled and self._plain_attention(points.shape[1], points.dtype)
-        with torch.enable_grad(), (_attention(hf, "eager") if plain else contextlib.nullcontext()):
+        with torch.enable_grad(), (attention(hf, "eager") if plain else contextlib.nullcontext()):
             mode = self._mode(len(items), points.shape[1])
             graphed = mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
             if compiled:
@@ -339,7 +338,8 @@ class _Passes:
         Not float64 by default: the plain attention of Hugging Face models takes its softmax in float32, where a
         float64 mask's minimum is -inf, so a padding row that sees no key becomes NaN and spreads (0 × NaN)."""
         choice = self.options.attention
-        return choice == "eager" or (choice == "auto" and tokens <= SHORT and dtype != torch.float64)
+        switchable = hasattr(self.prep.model.module, "set_attn_implementation")
+        return choice == "eager" or (choice == "auto" and switchable and tokens <= SHORT and dtype != torch.float64)
 
     def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str) -> Any:
         fn = _compile(self.scope, mode)
@@ -356,62 +356,3 @@ class _Passes:
                     layer.__dict__.pop("_compiled_call_impl", None)
                 else:
                     layer._compiled_call_impl = before
-
-
-@contextlib.contextmanager
-def _attention(hf: torch.nn.Module, implementation: str) -> Iterator[None]:
-    """The Hugging Face attention ``implementation`` on ``hf`` (every config its modules read, and their
-    sub-configs) for the length of the block, restored afterwards."""
-    configs: dict[int, Any] = {}
-    todo = [getattr(m, "config", None) for m in hf.modules()]
-    while todo:
-        config = todo.pop()
-        if config is None or id(config) in configs or not hasattr(config, "_attn_implementation"):
-            continue
-        configs[id(config)] = config
-        todo.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {})
-    # the stored field (transformers 5's property sets the sub-configs too, which are restored one by one here)
-    saved = [(config, name, getattr(config, name)) for config in configs.values()
-             for name in ["_attn_implementation_internal" if hasattr(config, "_attn_implementation_internal")
-                          else "_attn_implementation"]]
-    try:
-        for config, name, _ in saved:
-            setattr(config, name, implementation)
-        yield
-    finally:
-        for config, name, before in saved:
-            setattr(config, name, before)
-
-
-@contextlib.contextmanager
-def _liger(hf: torch.nn.Module) -> Iterator[None]:
-    """liger-kernel's RMSNorm, SwiGLU and RoPE on ``hf`` for the length of the call (its instance patches and its
-    module-level ones undone afterwards)."""
-    model_type = getattr(getattr(hf, "config", None), "model_type", None)
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError:
-        raise MethodError("CompileOptions(liger=True) needs the liger-kernel package, which is not installed; "
-                          "pip install liger-kernel, or leave liger out.") from None
-    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
-    if apply is None or next(hf.parameters()).device.type != "cuda":
-        raise MethodError(f"CompileOptions(liger=True) runs liger-kernel's Triton kernels on CUDA models of the "
-                          f"families it knows, not this {model_type!r} model on "
-                          f"{next(hf.parameters()).device.type}; leave liger out.")
-    wanted = {"rope": True, "swiglu": True, "geglu": True, "rms_norm": True, "layer_norm": True,
-              "cross_entropy": False, "fused_linear_cross_entropy": False}
-    accepted = inspect.signature(apply).parameters
-    modeling = sys.modules[type(hf).__module__]
-    module_vars = dict(vars(modeling))
-    saved = [(m, dict(m.__dict__)) for m in hf.modules()]
-    try:
-        apply(model=hf, **{k: v for k, v in wanted.items() if k in accepted})
-        yield
-    finally:
-        for m, state in saved:
-            m.__dict__.clear()
-            m.__dict__.update(state)
-        for name in set(vars(modeling)) - set(module_vars):
-            delattr(modeling, name)
-        for name, value in module_vars.items():
-            setattr(modeling, name, value)
