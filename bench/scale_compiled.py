@@ -10,17 +10,20 @@ workload, and compiled passes wait until it has):
 - **single**: one prompt of ``--single-tokens`` tokens, ``--single-steps`` steps (64 × 50 on CUDA).
 
 Contestants (``--variants``, comma-separated): ``eager`` (``compile=False``, always run first: its calls settle the
-planner's rows, which the compiled passes then use), ``compile`` (``compile=True``: each decoder layer compiled,
-CUDA graphs on CUDA), and for comparison ``model`` (the whole forward as one graph), ``none`` (the direct model
+planner's rows, which the compiled passes then use), ``compile`` (``compile=True``: on CUDA the big case's passes
+each decoder layer compiled in torch's default mode, the single prompt's the whole model as one CUDA graph), and
+for comparison ``model`` (the whole forward as one graph), ``none`` (the direct model
 calls without compiling), ``default`` (layers, torch's default mode: no CUDA graphs) and ``liger`` (``compile``
 with liger-kernel's RMSNorm / SwiGLU / RoPE; needs the package and CUDA).
 
 Columns: seconds per big call (median of ``--reps`` calls after the first), prompts/s and its share of the FLOP
 floor (4 × non-embedding parameters × tokens × steps per prompt at the matmul rate measured here,
-``bench/scale.py``'s ``matmul_rate``), warm-up (the first call's seconds minus the median call's, big case and
-single case added), the single prompt's median ms, and the largest difference of the attributions from the eager
-ones relative to the eager ones' largest magnitude (big / single). Below the table: every call's seconds in
-order (a compile that a later call pays shows there) and the buckets each variant compiled.
+``bench/scale.py``'s ``matmul_rate``), warm-up of the big case (each call's seconds above the median call's,
+summed over its calls: the goal's "warm-up ≤ 60 s" is on that case, beside its prompts/s), the single prompt's
+median ms and its own warm-up (another shape bucket, compiled on its own), and the largest difference of the
+attributions from the eager ones relative to the eager ones' largest magnitude (big / single). Below the table:
+every call's seconds in order (a compile that a later call pays shows there) and the buckets each variant
+compiled.
 
 Compilation is cold: torch's on-disk caches go to a fresh temporary folder unless ``--warm-cache`` is given
 (then a second run of the script shows what a warm cache saves).
@@ -123,13 +126,15 @@ def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torc
             rows.append({**row, "s per big call": f"failed: {type(err).__name__}: {text}"})
             continue
         big, single = (statistics.median(seconds[c][1:]) for c in ("big", "single"))
-        warm = sum(seconds[c][0] - statistics.median(seconds[c][1:]) for c in ("big", "single"))
+        # per case, every call's time above the median call's: a compile that a later call pays (the planner's
+        # first call measures eagerly, the second compiles) counts too
+        warm = {c: sum(max(0.0, t - statistics.median(seconds[c][1:])) for t in seconds[c]) for c in seconds}
         if name == "eager":
             reference = results
         diff = "–" if name == "eager" else \
             f"{rel_diff(results['big'], reference['big']):.1e} / {rel_diff(results['single'], reference['single']):.1e}"
         rows.append({**row, "s per big call": f"{big:.3f}", "prompts/s": f"{args.prompts / big:.1f}",
-                     "% of FLOP floor": "", "warm-up s": f"{warm:.1f}", "single-prompt IG ms": f"{single * 1e3:.1f}",
+                     "% of FLOP floor": "", "warm-up s": f"{warm['big']:.1f}", "single warm-up s": f"{warm['single']:.1f}", "single-prompt IG ms": f"{single * 1e3:.1f}",
                      "max rel. diff vs eager (big / single)": diff,
                      "buckets": "; ".join(f"{r}×{t}{' masked' if m else ''}" for s, mode, r, t, m in
                                           sorted(set(compiled_buckets(hf)) - before)) or "–"})
@@ -140,6 +145,7 @@ def measure_compiled(args: argparse.Namespace, device: torch.device, dtype: torc
         if row.get("prompts/s"):
             row["% of FLOP floor"] = f"{100 * float(row['prompts/s']) / floor:.0f}%"
     cols = ["contestant", "s per big call", "prompts/s", "% of FLOP floor", "warm-up s", "single-prompt IG ms",
+            "single warm-up s",
             "max rel. diff vs eager (big / single)", "buckets"]
     per_pass = "planned (batch_size=None)" if args.batch_size is None else f"batch_size={args.batch_size}"
     print(f"\n### compiled: IG, SmolLM2-135M shape, {str(dtype).removeprefix('torch.')}: big = {args.prompts} "
@@ -171,7 +177,8 @@ def goals(rows: list[dict[str, str]]) -> str:
         value = float(row[key])
         met = value >= bound if key == "prompts/s" else value <= bound
         parts.append(f"{key} {value:g}: {'**met**' if met else '**not met**'}")
-    return f"Goal 2 ({wanted}), compile=True: " + "; ".join(parts) + "."
+    return (f"Goal 2 ({wanted}; the warm-up is the big case's), compile=True: " + "; ".join(parts) +
+            f". The single prompt's bucket compiled in {row.get('single warm-up s', '?')} s of its own.")
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .walk import buffers, memoized, modules, parameters
+
 __all__ = ["hook_device", "is_dispatched", "input_device", "input_module", "live", "functional_call", "moved",
            "compute_devices"]
 
@@ -122,9 +124,19 @@ def moved(value: Any, device: torch.device, _depth: int = 0) -> Any:
 
 def compute_devices(module: torch.nn.Module) -> list[torch.device]:
     """Every device ``module`` computes on: its parameters' and buffers' devices, and for a dispatched model the
-    execution devices of accelerate's hooks (offloaded weights sit on ``meta`` between calls: never listed)."""
+    execution devices of accelerate's hooks (offloaded weights sit on ``meta`` between calls: never listed).
+    Read once per public call (:func:`attrib.core.walk.remembered`)."""
+    return list(memoized("devices", module, _compute_devices))
+
+
+def _compute_devices(module: torch.nn.Module) -> tuple[torch.device, ...]:
     found: dict[str, torch.device] = {}
-    for m in module.modules():
+    if not any("_hf_hook" in m.__dict__ for m in modules(module)):       # no accelerate hooks: the tensors
+        for t in itertools.chain(parameters(module), buffers(module)):
+            if t.device.type != "meta":
+                found.setdefault(str(t.device), t.device)
+        return tuple(found.values())
+    for m in modules(module):
         device = hook_device(m)
         if device is not None:
             device = _indexed(device)
@@ -133,7 +145,7 @@ def compute_devices(module: torch.nn.Module) -> list[torch.device]:
         for t in itertools.chain(m._parameters.values(), m._buffers.values()):
             if t is not None and t.device.type != "meta":
                 found.setdefault(str(t.device), t.device)
-    return list(found.values())
+    return tuple(found.values())
 
 
 def _indexed(device: torch.device) -> torch.device:

@@ -34,10 +34,17 @@ def free_memory(device: torch.device) -> int | None:
     """Bytes that new tensors on ``device`` can still take (``None``: unknown on this platform)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        # one read of the allocator's counters (memory_reserved() and memory_allocated() each flatten all of
+        # them: ~0.4 ms of a compiled single-prompt call on an H200's host)
+        stats = torch.cuda.memory_stats_as_nested_dict(device)
+        return int(free + _current(stats, "reserved_bytes") - _current(stats, "allocated_bytes"))
     if device.type == "cpu" and sys.platform.startswith("linux"):
         return _linux_available()
     return None
+
+
+def _current(stats: dict, name: str) -> int:
+    return int(stats.get(name, {}).get("all", {}).get("current", 0))
 
 
 def _linux_available() -> int | None:

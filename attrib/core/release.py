@@ -36,6 +36,8 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from .walk import remembered
+
 __all__ = ["release", "releasing", "is_oom", "free_after_oom"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,12 +93,14 @@ def _clear(frame: types.FrameType) -> None:
 
 
 def releasing(fn: F) -> F:
-    """Decorate a public entry point: an exception leaving it has its finished frames released."""
+    """Decorate a public entry point: an exception leaving it has its finished frames released, and inside it the
+    model's tree is read once (:func:`attrib.core.walk.remembered`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with remembered():              # the model's modules, parameters and devices: read once a call
+                return fn(*args, **kwargs)
         except BaseException as err:
             release(err)
             raise

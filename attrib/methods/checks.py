@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.model import Model
+from ..core.walk import parameters
 from ..errors import InputError, MethodError, NoGradError
 from ..models.language import LanguageModel
 
@@ -47,7 +48,7 @@ def check_grad_mode(method: str, model: Any) -> None:
         raise NoGradError(f"attrib.{method}() was called under torch.inference_mode(), where no gradients can be "
                           "computed; call it outside that block (torch.no_grad() is fine: the method turns gradients "
                           "on where it needs them).")
-    if isinstance(model, Model):
+    if isinstance(model, Model) and any(p.is_inference() for p in parameters(model.module)):
         for name, param in model.module.named_parameters():
             if param.is_inference():
                 raise NoGradError(f"attrib.{method}() needs gradients through the model, but its parameter {name} is "

@@ -16,10 +16,14 @@ logits_to_keep=n)``, scores its rows with the adapter's ``prep.scores`` (:mod:`a
 summed scores with respect to the points only, the parameters frozen (``requires_grad`` off for the call,
 restored in ``finally``). What is compiled (``CompileOptions.scope``):
 
-- ``"layers"`` (the default where :mod:`attrib.models.layouts` knows the model): each decoder layer, for the call's
-  length only (``_compiled_call_impl``, what ``module.compile()`` sets, removed afterwards). Every layer shares one
-  compiled graph per shape, so compile time does not grow with depth; the rest of the forward (rotary tables, the
-  mask, the final norm and head, the scores) runs eagerly.
+- ``"auto"`` (the default): ``"model"`` for passes that replay CUDA graphs (small passes, whose time goes to
+  launching kernels: one graph for the whole forward and one for the backward, where a graph per layer leaves
+  the Python between layers on the critical path: H200, one prompt of 64 tokens, 52 rows, 13.6 ms against
+  27–33), ``"layers"`` for the others where :mod:`attrib.models.layouts` knows the model (compile time that
+  does not grow with depth), else ``"model"``.
+- ``"layers"``: each decoder layer, for the call's length only (``_compiled_call_impl``, what ``module.compile()``
+  sets, removed afterwards). Every layer shares one compiled graph per shape, so compile time does not grow with
+  depth; the rest of the forward (rotary tables, the mask, the final norm and head, the scores) runs eagerly.
 - ``"model"``: the whole forward as one graph (more fusion, one CUDA graph; compile time grows with depth).
 - ``"none"``: the same direct calls, neither compiled nor padded (what bypassing the trace alone gives).
 
@@ -29,7 +33,8 @@ batch of prompts), and its rows are padded to a bucket (:func:`row_bucket`) with
 scores and gradients are dropped. The planner (:mod:`attrib.methods.planning`) stays in charge of the rows: a
 planned pass is run as equal bucketed passes of at most the planned rows (scaled down by the token padding), and
 its measured passes (on a CPU also its search for the fastest size) run eagerly, so compile time never enters its
-readings.
+readings, and so does the rest of a call that measured when it is less than a planned pass (a shape of that call
+alone).
 ``mode`` (by default) is ``"reduce-overhead"`` (CUDA graphs) for CUDA passes of fewer than ``GRAPHED`` row-tokens,
 whose time goes to launching kernels, and torch's default for larger ones and elsewhere.
 """
@@ -45,6 +50,7 @@ from typing import Any, Callable, Hashable, Iterator, NoReturn
 import torch
 
 from ..core.devices import compute_devices, input_module, is_dispatched
+from ..core.walk import parameters
 from ..errors import LayoutError, MethodError
 from ..models.language import LanguageModel, accepts
 from ..models.layouts import layout_of
@@ -78,7 +84,8 @@ class CompileOptions:
 
     ``mode``: ``torch.compile``'s (``None``: ``"reduce-overhead"`` for CUDA passes of fewer than ``GRAPHED``
     rows × tokens, ``"default"`` for larger ones and elsewhere); ``scope``:
-    ``"auto"`` (``"layers"`` where a layout is known, else ``"model"``), ``"layers"``, ``"model"`` or ``"none"``;
+    ``"auto"`` (``"model"`` for CUDA-graph passes; else ``"layers"`` where a layout is known, else ``"model"``),
+    ``"layers"``, ``"model"`` or ``"none"``;
     ``tokens``: the token bucket's multiple; ``liger``: Llama-family kernels of the ``liger-kernel`` package
     (RMSNorm, SwiGLU, RoPE; CUDA only) for the length of the call; ``attention``: ``"auto"`` (the model's
     plain ``"eager"`` attention, which the compiler fuses, for passes of at most ``SHORT`` tokens, where the
@@ -218,7 +225,7 @@ def gradient_passes(prep: Inputs, options: CompileOptions | None, remember: tupl
         return
     passes = _Passes(prep, options, remember, batch_size)
     hf = prep.model.module
-    frozen = [(p, p.requires_grad) for p in hf.parameters()]
+    frozen = [(p, p.requires_grad) for p in parameters(hf)]
     limits = {"recompile_limit": max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT),
               "accumulated_recompile_limit": max(torch._dynamo.config.accumulated_recompile_limit,
                                                  4 * RECOMPILE_LIMIT)}
@@ -238,9 +245,11 @@ class _Passes:
     def __init__(self, prep: Inputs, options: CompileOptions, remember: tuple[torch.nn.Module, Hashable],
                  batch_size: int | None) -> None:
         self.prep, self.options, self.remember, self.batch_size = prep, options, remember, batch_size
+        self.measured = False       # whether a pass of this call was one of the planner's measurements
         hf = prep.model.module
         self.device = prep.x.device
         self.scope = options.scope
+        self.auto = options.scope == "auto"
         self.layers: list[torch.nn.Module] = []
         if self.scope in ("auto", "layers"):
             try:
@@ -253,14 +262,14 @@ class _Passes:
         if prep.site.envoy(prep.model).module is not input_module(hf):
             raise MethodError(f"compile=True passes the attributed values as inputs_embeds, but the embed site "
                               f"{prep.site.path} is not {type(hf).__name__}.get_input_embeddings(); leave compile out.")
-        _, kwargs = prep.call(torch.zeros(1, dtype=torch.long))
+        _, kwargs = prep.call(torch.arange(prep.n_items))
         extra = sorted(set(kwargs) - set(_CALL_KEYS))
         if extra:
             raise MethodError(f"compile=True calls the model with inputs_embeds and the attention mask, but these "
                               f"inputs also carry {extra}; pass them without those, or leave compile out.")
         self.keep = {k: kwargs[k] for k in ("logits_to_keep", "use_cache") if k in kwargs}
         self.positions = accepts(hf, "position_ids")
-        self.padded = not bool(prep.call(torch.arange(prep.n_items))[1]["attention_mask"].all())
+        self.padded = "attention_mask" in kwargs and not bool(kwargs["attention_mask"].all())
 
     def _planned(self, rows: int) -> int | None:
         """Rows per pass the planner settled on (the caller's ``batch_size``), or None while it still measures."""
@@ -273,7 +282,11 @@ class _Passes:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (R, 1), gradients (R, 1, ...)) as :func:`~attrib.methods.passes.item_gradients` gives them."""
         planned = self._planned(len(item))
-        if planned is None or self.scope == "none":      # a measured pass of the planner: eager, as it comes
+        self.measured = self.measured or planned is None
+        # eager, as it comes: a measured pass of the planner, and in a call that measured, what is left when it is
+        # less than a planned pass (its shape would be compiled for this call alone: the single-prompt case's
+        # 52 rows ran 8 + 16 measured and 28 compiled, a whole-model compile of ~50 s for a shape never seen again)
+        if planned is None or self.scope == "none" or (self.measured and len(item) < planned):
             scores, grad = self._pass(value, item, len(item), 0, compiled=False)
             return scores.unsqueeze(1), grad.unsqueeze(1)
         tokens = value.shape[1]
@@ -309,18 +322,19 @@ class _Passes:
         with torch.enable_grad(), (attention(hf, "eager") if plain else contextlib.nullcontext()):
             mode = self._mode(len(items), points.shape[1])
             graphed = mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"
+            scope = "model" if self.auto and graphed else self.scope
             if compiled:
                 if graphed:
                     torch.compiler.cudagraph_mark_step_begin()
                 try:
-                    output = self._compiled_call(hf, call, mode)
+                    output = self._compiled_call(hf, call, mode, scope)
                 except torch._dynamo.exc.BackendCompilerFailed as err:
                     inner = getattr(err, "inner_exception", None) or err
                     why = (str(inner).strip().splitlines() or [""])[0][:160]
-                    raise MethodError(f"torch.compile (mode {mode!r}, scope {self.scope!r}) failed on "
+                    raise MethodError(f"torch.compile (mode {mode!r}, scope {scope!r}) failed on "
                                       f"{type(hf).__name__} ({type(inner).__name__}: {why}); pass compile=False, or "
                                       "other CompileOptions(mode=..., scope=...).") from err
-                _warm.setdefault(hf, set()).add((self.scope, mode, len(items), points.shape[1], masked))
+                _warm.setdefault(hf, set()).add((scope, mode, len(items), points.shape[1], masked))
             else:
                 output = hf(**call)
             scores = prep.scores(output, items).sum(-1)
@@ -341,9 +355,9 @@ class _Passes:
         switchable = hasattr(self.prep.model.module, "set_attn_implementation")
         return choice == "eager" or (choice == "auto" and switchable and tokens <= SHORT and dtype != torch.float64)
 
-    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str) -> Any:
-        fn = _compile(self.scope, mode)
-        if self.scope == "model":
+    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str, scope: str) -> Any:
+        fn = _compile(scope, mode)
+        if scope == "model":
             return fn(hf, call)
         saved = [(layer, layer.__dict__.get("_compiled_call_impl")) for layer in self.layers]
         try:

@@ -141,17 +141,23 @@ def integrated_gradients(model: Model, inputs: Any, *, target: Any = None, contr
     else:
         attr, f_x, f_b = _integrate(prep, where, x, b, alphas, weights, n_out, batch_size, options)
         per_item = [{"evaluations": len(alphas) + 2} for _ in range(prep.n_items)]
-    _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
     delta = attr.flatten(2).sum(-1) - (f_x - f_b).to(attr.dtype)           # (items, n_out)
+    # the host reads one small tensor, once the passes are done: whether every attribution is finite, and per
+    # item |delta| relative to |f(x) − f(b)| (the worst output), f(x) and f(b) (each read alone was a wait)
+    completeness = (delta.double().abs() / (f_x - f_b).double().abs().clamp(min=1e-300)).amax(dim=1)
+    read = torch.cat([torch.isfinite(attr).all().double().view(1), completeness,
+                      f_x.double().sum(1), f_b.double().sum(1)]).tolist()
+    if not read[0]:
+        _check_finite(attr, rule, baseline, (x, b, f_x, f_b), layer_name)
+    n = prep.n_items
     info = {"rule": rule, "n_steps": AUTO if auto else len(alphas),
             "layer": "embeddings" if layer is None else where.name, "baseline": _baseline_info(baseline)}
     if options is not None:
         info["compile"] = True
-    for i, extra in enumerate(per_item):        # |delta| relative to |f(x) − f(b)|, the worst output
-        gap = (f_x[i] - f_b[i]).double().abs().cpu()
-        extra["completeness"] = float((delta[i].double().abs().cpu() / gap.clamp(min=1e-300)).max())
-    results = [_result(prep, i, attr[i], delta[i], f_x[i], f_b[i], per_token, at_layer, {**info, **per_item[i]})
-               for i in range(prep.n_items)]
+    results = [_result(prep, i, attr[i], delta[i], per_token, at_layer,
+                       {**info, **per_item[i], "completeness": read[1 + i], "f_x": read[1 + n + i],
+                        "f_baseline": read[1 + 2 * n + i]})
+               for i in range(n)]
     return results[0] if prep.single else results
 
 
@@ -244,18 +250,23 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
     # completeness delta, from the same batched pass instead of another forward.
     nodes, node_weights = [*alphas, 1.0, 0.0], [*weights, 0.0, 0.0]
     n_nodes = len(nodes)
-    ends = torch.zeros(prep.n_items, n_out, 2, dtype=torch.float64, device=x.device)
     acc = _accumulation_dtype(x)
+    # made once, before any pass: a tensor made from a list inside a pass waits for the GPU to finish the queue
+    node_alpha = torch.tensor(nodes, dtype=acc, device=x.device)
+    node_weight = torch.tensor(node_weights, dtype=acc, device=x.device)
+    # f(x) and f(b) of item i in rows 2i and 2i + 1; every other row's score goes to the last row, a sink: no
+    # boolean indexing (it reads the mask on the host, so the host waited for each pass before queuing the next)
+    ends = torch.zeros(2 * prep.n_items + 1, n_out, dtype=torch.float64, device=x.device)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
         item, step = rows // n_nodes, rows % n_nodes
-        alpha = torch.tensor(nodes, dtype=acc, device=x.device)[step].view(-1, *[1] * (x.dim() - 1))
+        alpha = node_alpha[step].view(-1, *[1] * (x.dim() - 1))
         value = _point(x[item], b[item], alpha)
         scores, grad = gradients(prep, where, value, item, n_out)
-        end = step >= len(alphas)
-        ends[item[end], :, step[end] - len(alphas)] = scores[end].double()
+        slot = torch.where(step >= len(alphas), 2 * item + step - len(alphas), 2 * prep.n_items)
+        ends.index_add_(0, slot.to(ends.device), scores.to(device=ends.device, dtype=torch.float64))
         grad = grad.to(acc)
-        w = torch.tensor(node_weights, dtype=grad.dtype, device=grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
+        w = node_weight.to(grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
         return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
     remember = plan_key(model, ("ig", where.name, n_out), x, prep.x.shape[1])
@@ -263,13 +274,13 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
         summed = run_rows(run, prep.n_items * n_nodes, lambda rows: rows // n_nodes, prep.n_items, batch_size,
                           like=x, remember=remember)                       # (items, n_out, ...)
     attr = (x.to(acc) - b.to(acc)).unsqueeze(1) * summed
-    return attr, ends[..., 0], ends[..., 1]
+    ends = ends[:-1].view(prep.n_items, 2, n_out)
+    return attr, ends[:, 0], ends[:, 1]
 
 
-def _result(prep: Inputs, i: int, attr: torch.Tensor, delta: torch.Tensor, f_x: torch.Tensor, f_b: torch.Tensor,
-            per_token: bool, at_layer: bool, info: dict[str, Any]) -> Attribution:
+def _result(prep: Inputs, i: int, attr: torch.Tensor, delta: torch.Tensor, per_token: bool, at_layer: bool,
+            info: dict[str, Any]) -> Attribution:
     """Item ``i``'s Attribution from its (n_out, ...) attributions."""
-    info = {**info, "f_x": float(f_x.sum()), "f_baseline": float(f_b.sum())}
     tokens = list(prep.labels[i])
     if isinstance(prep.model, LanguageModel):
         keep = prep.keep[i].to(attr.device)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,8 @@ def quadrature(method: str, n_steps: int, name: str = "method") -> tuple[list[fl
         raise MethodError(f"{name}={method!r:.40} is not one of {', '.join(METHODS)}; pass one of them.")
     n = check_steps(n_steps)
     if method == "gausslegendre":
-        x, w = np.polynomial.legendre.leggauss(n) if n <= _NUMPY_NODES else _gauss_legendre(n)
-        return [float(a) for a in 0.5 * (x + 1)], [float(v) for v in 0.5 * w]
+        nodes, weights = _gauss_legendre_unit(n)
+        return list(nodes), list(weights)
     if method == "riemann_trapezoid":
         if n < 2:
             raise MethodError(f"{name}='riemann_trapezoid' needs n_steps >= 2 (both ends of the path), got "
@@ -62,6 +63,14 @@ def quadrature(method: str, n_steps: int, name: str = "method") -> tuple[list[fl
     start = {"riemann_left": 0.0, "riemann_right": 1.0 / n, "riemann_middle": 0.5 / n}[method]
     stop = {"riemann_left": 1.0 - 1.0 / n, "riemann_right": 1.0, "riemann_middle": 1.0 - 0.5 / n}[method]
     return [float(a) for a in np.linspace(start, stop, n)], [1.0 / n] * n
+
+
+@functools.lru_cache(maxsize=64)
+def _gauss_legendre_unit(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Gauss-Legendre nodes and weights on [0, 1], computed once per ``n`` (numpy's take 0.3 ms at 50 nodes, a
+    noticeable share of a compiled single-prompt call)."""
+    x, w = np.polynomial.legendre.leggauss(n) if n <= _NUMPY_NODES else _gauss_legendre(n)
+    return tuple(float(a) for a in 0.5 * (x + 1)), tuple(float(v) for v in 0.5 * w)
 
 
 def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:

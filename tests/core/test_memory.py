@@ -56,3 +56,16 @@ def test_the_peak_on_cuda_is_the_allocators():
         del x
     assert meter.bytes == 64 * MB
     assert free_memory(device) >= torch.cuda.mem_get_info(device)[0]
+
+
+@pytest.mark.gpu
+def test_free_memory_on_cuda_counts_the_allocators_unused_blocks():
+    device = torch.device("cuda")
+    keep = torch.ones(32 * MB // 4, device=device)
+    gone = torch.ones(64 * MB // 4, device=device)
+    del gone                                            # cached by the allocator, free for new tensors
+    free, _ = torch.cuda.mem_get_info(device)
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    assert unused >= 64 * MB
+    assert abs(free_memory(device) - (free + unused)) < 8 * MB      # the driver's count may move a little
+    del keep
