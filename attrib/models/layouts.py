@@ -11,7 +11,8 @@
 A :class:`Layout` names module paths: ``layers`` and ``embed`` from the root, the others relative to one
 layer. Out of the box (``config.model_type``): GPT-2, GPT-NeoX / Pythia, Llama 2/3, Mistral, Mixtral (its
 sparse MoE block is the MLP), Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3, OPT, BERT-style encoders
-(BERT, RoBERTa) and the encoder of T5. Each applies to the task model (``...ForCausalLM``) and to the bare
+(BERT, RoBERTa), the encoder of T5 and that of BART-style encoder-decoders (BART, mBART, Marian, Pegasus,
+PLBart, Blenderbot). Each applies to the task model (``...ForCausalLM``) and to the bare
 model (``LlamaModel``: the same paths without their first part). Another family is one :func:`register`
 call, or a ``component_map`` dict given to a method.
 """
@@ -89,6 +90,11 @@ LAYOUTS: dict[str, Layout] = {
                  "layer.0.SelfAttention.o", ("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
                                              "layer.0.SelfAttention.v")),
 }
+# BART-style encoder-decoders: the encoder's layers (OPT's names), whose embedding takes the prompt. Without these
+# the structural fallback found OPT's decoder-only layout in them, and the embed site was the decoder's embedding.
+for _family in ("bart", "mbart", "marian", "pegasus", "plbart", "blenderbot", "blenderbot-small"):
+    LAYOUTS[_family] = replace(LAYOUTS["opt"], family=_family, layers="model.encoder.layers",
+                               embed="model.encoder.embed_tokens")
 LAYOUTS["roberta"] = replace(LAYOUTS["bert"], family="roberta", layers="roberta.encoder.layer",
                              embed="roberta.embeddings.word_embeddings")
 for _family in ("gemma2", "gemma3_text", "gemma3"):     # a norm before and after each sublayer

@@ -24,6 +24,11 @@ def _causal(config):
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+_BART = dict(encoder_layers=2, decoder_layers=1, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
+             encoder_attention_heads=4, decoder_attention_heads=4, vocab_size=60, max_position_embeddings=64,
+             decoder_start_token_id=0, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+             init_std=0.3)      # (0.02: attention so flat that a change of the queries does not reach the output)
+
 FAMILIES = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, vocab_size=60, n_positions=64, bos_token_id=1, eos_token_id=2)),
@@ -47,7 +52,11 @@ FAMILIES = {
     "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
         num_layers=2, num_decoder_layers=2, d_model=32, d_ff=64, num_heads=4, d_kv=8, vocab_size=60,
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)),
+    # BART-style encoder-decoders (the encoder's layers; the structural fallback had found OPT's decoder in them)
+    "bart": lambda: transformers.BartForConditionalGeneration(transformers.BartConfig(**_BART)),
+    "marian": lambda: transformers.MarianMTModel(transformers.MarianConfig(**_BART)),
 }
+SEQ2SEQ = ("t5", "bart", "marian")
 IDS = torch.tensor([[5, 17, 23, 9, 41, 12]])
 TARGET = 7
 SITES = ("resid_pre.0", "q.0", "k.0", "v.0", "z.0", "attn_out.0", "mlp_out.0", "resid_post.0",
@@ -62,7 +71,7 @@ def family(request):
 
 
 def forward_fn(hf, name):
-    if name == "t5":
+    if name in SEQ2SEQ:
         dec = torch.zeros(1, 1, dtype=torch.long)
         return lambda ids: hf(input_ids=ids, decoder_input_ids=dec.expand(ids.shape[0], 1)).logits[:, -1, TARGET]
     return lambda ids: hf(input_ids=ids).logits[:, -1, TARGET]
@@ -124,7 +133,7 @@ def run_hooked(hf, name, where, change):
 
 def trace_args(name):
     return ((), {"input_ids": IDS, "decoder_input_ids": torch.zeros(1, 1, dtype=torch.long)}) \
-        if name == "t5" else ((IDS,), {})
+        if name in SEQ2SEQ else ((IDS,), {})
 
 
 @pytest.mark.parametrize("name_of_site", SITES)
@@ -185,3 +194,15 @@ def test_saliency_of_an_encoder_decoder_is_the_gradient_at_the_encoders_embeddin
     got = attrib.saliency(model, IDS, target=TARGET)
     torch.testing.assert_close(got.values, grad[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got.scores, grad[0].norm(dim=-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["bart", "marian"])
+def test_a_bart_style_model_attributes_to_its_encoders_embedding(name):
+    """The prompt's embedding is the encoder's (the decoder's, which the OPT layout named, sees one start token)."""
+    torch.manual_seed(0)
+    hf = FAMILIES[name]().double().eval()
+    model = attrib.LanguageModel(hf)
+    assert site(model, "embed").path == "model.encoder.embed_tokens"
+    got = attrib.integrated_gradients(model, IDS, target=TARGET, n_steps=64)
+    assert got.values.shape == (IDS.shape[1], 32)
+    assert abs(float(got.delta)) <= 1e-6 * max(1e-3, abs(got.info["f_x"] - got.info["f_baseline"]))
