@@ -146,6 +146,8 @@ def layout_of(module: torch.nn.Module) -> Layout:
     model_type = getattr(config, "model_type", None)
     candidates = [LAYOUTS[model_type], *_OLDER.get(model_type, ())] if model_type in LAYOUTS \
         else list(LAYOUTS.values())
+    if getattr(config, "is_encoder_decoder", False):      # the prompt goes to the encoder: never a decoder's layout
+        candidates = [c for c in candidates if "decoder" not in (c.embed or "").split(".")]
     for layout in candidates:
         for variant in (layout, _bare(layout)):
             if _fits(module, variant):

@@ -206,3 +206,12 @@ def test_a_bart_style_model_attributes_to_its_encoders_embedding(name):
     got = attrib.integrated_gradients(model, IDS, target=TARGET, n_steps=64)
     assert got.values.shape == (IDS.shape[1], 32)
     assert abs(float(got.delta)) <= 1e-6 * max(1e-3, abs(got.info["f_x"] - got.info["f_baseline"]))
+
+
+def test_an_unknown_encoder_decoder_never_gets_a_decoder_only_layout():
+    """The structural fallback skips layouts whose embedding is a decoder's (OPT's fits BART's decoder too)."""
+    torch.manual_seed(0)
+    hf = FAMILIES["bart"]()
+    hf.config.model_type = "some_new_seq2seq"
+    layout = attrib.models.layout_of(hf)
+    assert layout.family == "bart" and layout.embed == "model.encoder.embed_tokens"
