@@ -23,6 +23,11 @@ SmolLM2-135M's shape, float32, and eight random pairs) two ways, each method: a 
 calls, and one call on the lists. Attribution patching scores every component at every position, activation
 patching every head at the last position. ``max |diff|`` compares the batch's per-pair scores with the loop's.
 Goal: the batch >= 5x faster than the loop, equal results.
+
+``--cases compiled`` (issue 10, the compiled fast path) times activation patching of every default component
+(resid, attn, mlp, heads) at every position of the random-weight pair, traced against ``compile=True``
+(``batch_size=None``: the traced calls settle the plan first). Warm-up = the first compiled call's seconds above
+the median compiled call's; ``max |diff|`` relative to the largest |score| (bf16).
 """
 
 from __future__ import annotations
@@ -143,6 +148,27 @@ def pairs_rows(name: str, build: Callable[[], tuple], device: torch.device, reps
     return rows
 
 
+def compiled_rows(build: Callable[[], tuple], device: torch.device, reps: int) -> list[dict]:
+    """Activation patching of the default components, traced vs compile=True, side by side."""
+    model, clean, corrupted, kw = build()
+    kw = dict(kw, components=("resid", "attn", "mlp", "heads"))
+    traced = [timed(lambda: activation_patching(model, clean, corrupted, **kw), device) for _ in range(1 + reps)]
+    fast = [timed(lambda: activation_patching(model, clean, corrupted, compile=True, **kw), device)
+            for _ in range(1 + reps)]
+    ref, got = traced[-1][1], fast[-1][1]
+    scale = max(float(ref.scores[c].abs().max()) for c in ref.scores)
+    diff = max(float((got.scores[c] - ref.scores[c]).abs().max()) for c in ref.scores)
+    patches = sum(ref.scores[c].numel() for c in ref.scores)
+    rows = []
+    for name, runs in (("traced", traced), ("compile=True", fast)):
+        median = statistics.median(ms for ms, _ in runs[1:])
+        rows.append({"contestant": name, "patches": patches, "ms": median, "first": runs[0][0],
+                     "warm": sum(max(0.0, ms - median) for ms, _ in runs) / 1e3, "rows": runs[-1][1].info.get(
+                         "batch_size"), "forwards": runs[-1][1].info.get("forwards"),
+                     "diff": diff / scale if name != "traced" else None, "dtype": str(model.dtype)[6:]})
+    return rows
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -160,7 +186,7 @@ def device_name(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--cases", default=None, help="comma-separated: demo, smollm2-random, pairs, pairs-random "
+    parser.add_argument("--cases", default=None, help="comma-separated: demo, smollm2-random, pairs, pairs-random, compiled "
                         "(default: demo on CPU; demo (when its weights are installed) and smollm2-random on CUDA)")
     parser.add_argument("--reps", type=int, default=5, help="timed attribution-patching calls (median)")
     parser.add_argument("--tokens", type=int, default=14, help="prompt length of the random-weight case")
@@ -169,9 +195,12 @@ def main() -> None:
     cases = args.cases.split(",") if args.cases else (["demo"] if device.type == "cpu" else ["demo", "smollm2-random"])
     builders = {"demo": lambda: demo_case(device), "smollm2-random": lambda: random_smollm2(device, args.tokens)}
     pair_builders = {"pairs": lambda: ioi_case(device), "pairs-random": lambda: random_pairs(device, args.tokens)}
-    rows, pair_rows = [], []
+    rows, pair_rows, compiled = [], [], []
     for name in cases:
         try:
+            if name == "compiled":
+                compiled.extend(compiled_rows(lambda: random_smollm2(device, args.tokens), device, args.reps))
+                continue
             if name in pair_builders:
                 pair_rows.extend(pairs_rows(name, pair_builders[name], device, args.reps))
                 continue
@@ -197,6 +226,15 @@ def main() -> None:
         print(f"| {r['case']} | {r['method']} | {r['what']} | {r['pairs']} | {r['dtype']} | {r['loop']:.1f} | "
               f"{r['batch']:.1f} | **{r['loop'] / r['batch']:.1f}×** | {r['diff']:.1e} ({r['scale']:.2f}) | "
               f"{r['reps']} |")
+    if compiled:
+        print("\n| activation patching, every component | dtype | patches | ms (median) | first call ms | warm-up s | "
+              "rows/pass × passes | max |diff| / max |score| |")
+        print("|---|---|---|---|---|---|---|---|")
+        base = compiled[0]["ms"]
+    for r in compiled:
+        diff = "–" if r["diff"] is None else f"{r['diff']:.1e}"
+        print(f"| {r['contestant']} | {r['dtype']} | {r['patches']} | {r['ms']:.1f} (**{base / r['ms']:.2f}×**) | "
+              f"{r['first']:.0f} | {r['warm']:.1f} | {r['rows']} × {r['forwards']} | {diff} |")
 
 
 if __name__ == "__main__":

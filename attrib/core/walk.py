@@ -79,6 +79,8 @@ def _tree(root: torch.nn.Module) -> tuple[tuple[torch.nn.Module, ...], tuple[tor
                                           tuple[torch.Tensor, ...]]:
     """(modules, parameters, buffers) in one pre-order walk, each object once."""
     seen: set[int] = set()
+    seen_params: set[int] = set()
+    seen_buffers: set[int] = set()      # (a tensor may be one module's parameter and another's buffer)
     found: list[torch.nn.Module] = []
     params: list[torch.nn.Parameter] = []
     bufs: list[torch.Tensor] = []
@@ -90,12 +92,12 @@ def _tree(root: torch.nn.Module) -> tuple[tuple[torch.nn.Module, ...], tuple[tor
         seen.add(id(m))
         found.append(m)
         for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
                 params.append(p)
         for b in m._buffers.values():
-            if b is not None and id(b) not in seen:
-                seen.add(id(b))
+            if b is not None and id(b) not in seen_buffers:
+                seen_buffers.add(id(b))
                 bufs.append(b)
         children = [c for c in m._modules.values() if c is not None]
         children.reverse()

@@ -42,8 +42,6 @@ whose time goes to launching kernels, and torch's default for larger ones and el
 from __future__ import annotations
 
 import contextlib
-import functools
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, NoReturn
 
@@ -51,13 +49,13 @@ import torch
 
 from ..core.devices import compute_devices, input_module, is_dispatched
 from ..core.walk import parameters
-from ..errors import LayoutError, MethodError
+from ..errors import MethodError
 from ..models.language import LanguageModel, accepts
-from ..models.layouts import layout_of
 from ..models.sites import Site
 from .compiled_patches import attention, liger
 from .inputs import Inputs
 from .passes import item_gradients
+from .compiled_run import Rest, compiled_buckets, pass_mode, record_bucket, recompile_limits, resolve_scope, run_compiled
 from .planning import Planner
 
 __all__ = ["CompileOptions", "options_of", "check_supported", "gradient_passes", "token_bucket", "row_bucket",
@@ -66,10 +64,7 @@ __all__ = ["CompileOptions", "options_of", "check_supported", "gradient_passes",
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCOPES = ("auto", "layers", "model", "none")
 ATTENTIONS = ("auto", "model", "eager")
-GRAPHED = 32_768  # row-tokens below which a CUDA pass replays CUDA graphs (H200: 52 x 64 rows 27-33 ms against 47;
-                  # 4,352 x 32: 487 prompts/s against 530 without, whose static-buffer copies cost more than launches)
 SHORT = 32      # tokens up to which attention="auto" runs the plain attention (H200, 32 tokens: 523 vs 477 prompts/s)
-RECOMPILE_LIMIT = 256        # compiled shapes kept per code object while attrib's passes run (torch's default: 8)
 _CALL_KEYS = ("input_ids", "attention_mask", "position_ids", "logits_to_keep", "use_cache")
 
 Gradients = Callable[[Inputs, Site, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -176,63 +171,22 @@ def row_passes(rows: int, limit: int) -> list[tuple[int, int]]:
     return [(min(size, rows - i * size), min(row_bucket(size), limit)) for i in range(passes)]
 
 
-def pass_mode(mode: str | None, device: torch.device, rows: int, tokens: int) -> str:
-    """The compile mode of a pass of ``rows`` × ``tokens`` on ``device`` (``mode``, the caller's, if given).
-
-    >>> cuda = torch.device("cuda")
-    >>> pass_mode(None, cuda, 52, 64), pass_mode(None, cuda, 4352, 32), pass_mode("max-autotune", cuda, 1, 1)
-    ('reduce-overhead', 'default', 'max-autotune')
-    """
-    if mode is not None:
-        return mode
-    return "reduce-overhead" if device.type == "cuda" and rows * tokens < GRAPHED else "default"
-
-
-# Which buckets ran compiled, per model (what later calls find warm): (scope, mode, rows, tokens, masked).
-_warm: "weakref.WeakKeyDictionary[torch.nn.Module, set[tuple]]" = weakref.WeakKeyDictionary()
-_compiled: dict[tuple[str, str], Callable[..., Any]] = {}        # (scope, mode) -> compiled function
-
-
-def compiled_buckets(module: torch.nn.Module) -> list[tuple]:
-    """The buckets that ran compiled on ``module`` in this process: (scope, mode, rows, tokens, masked)."""
-    return sorted(_warm.get(module, ()))
-
-
-def _call_layer(layer: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    return layer._call_impl(*args, **kwargs)
-
-
-def _call_model(module: torch.nn.Module, kwargs: dict[str, Any]) -> Any:
-    return module(**kwargs)
-
-
-def _compile(scope: str, mode: str) -> Callable[..., Any]:
-    """One compiled function per scope and mode for the process: torch keeps its graphs per shape and guards."""
-    key = (scope, mode)
-    if key not in _compiled:
-        fn = _call_layer if scope == "layers" else _call_model
-        _compiled[key] = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
-    return _compiled[key]
-
-
 @contextlib.contextmanager
 def gradient_passes(prep: Inputs, options: CompileOptions | None, remember: tuple[torch.nn.Module, Hashable],
-                    batch_size: int | None) -> Iterator[Gradients]:
+                    batch_size: int | None, total: int) -> Iterator[Gradients]:
     """A function with :func:`~attrib.methods.passes.item_gradients`' signature for one method call: the traced
-    passes when ``options`` is None, else compiled ones (``remember``: the planner's key of the call's rows)."""
+    passes when ``options`` is None, else compiled ones (``remember``: the planner's key of the call's rows;
+    ``total``: the call's rows)."""
     if options is None:
         yield item_gradients
         return
-    passes = _Passes(prep, options, remember, batch_size)
+    passes = _Passes(prep, options, remember, batch_size, total)
     hf = prep.model.module
     frozen = [(p, p.requires_grad) for p in parameters(hf)]
-    limits = {"recompile_limit": max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT),
-              "accumulated_recompile_limit": max(torch._dynamo.config.accumulated_recompile_limit,
-                                                 4 * RECOMPILE_LIMIT)}
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        with torch._dynamo.config.patch(**limits), (liger(hf) if options.liger else contextlib.nullcontext()):
+        with recompile_limits(), (liger(hf) if options.liger else contextlib.nullcontext()):
             yield passes.gradients
     finally:
         for p, flag in frozen:
@@ -243,33 +197,25 @@ class _Passes:
     """The compiled passes of one method call."""
 
     def __init__(self, prep: Inputs, options: CompileOptions, remember: tuple[torch.nn.Module, Hashable],
-                 batch_size: int | None) -> None:
+                 batch_size: int | None, total: int) -> None:
         self.prep, self.options, self.remember, self.batch_size = prep, options, remember, batch_size
-        self.measured = False       # whether a pass of this call was one of the planner's measurements
+        self.rest = Rest(total)
         hf = prep.model.module
         self.device = prep.x.device
-        self.scope = options.scope
+        self.scope, self.layers = resolve_scope(hf, options.scope)
         self.auto = options.scope == "auto"
-        self.layers: list[torch.nn.Module] = []
-        if self.scope in ("auto", "layers"):
-            try:
-                self.layers = list(hf.get_submodule(layout_of(hf).layers))
-                self.scope = "layers"
-            except LayoutError:
-                if self.scope == "layers":
-                    raise
-                self.scope = "model"
         if prep.site.envoy(prep.model).module is not input_module(hf):
             raise MethodError(f"compile=True passes the attributed values as inputs_embeds, but the embed site "
                               f"{prep.site.path} is not {type(hf).__name__}.get_input_embeddings(); leave compile out.")
         _, kwargs = prep.call(torch.arange(prep.n_items))
+        self.mask = kwargs["attention_mask"]          # each item's, read per pass by index (no wait for the GPU)
         extra = sorted(set(kwargs) - set(_CALL_KEYS))
         if extra:
             raise MethodError(f"compile=True calls the model with inputs_embeds and the attention mask, but these "
                               f"inputs also carry {extra}; pass them without those, or leave compile out.")
         self.keep = {k: kwargs[k] for k in ("logits_to_keep", "use_cache") if k in kwargs}
         self.positions = accepts(hf, "position_ids")
-        self.padded = "attention_mask" in kwargs and not bool(kwargs["attention_mask"].all())
+        self.padded = not bool(self.mask.all())
 
     def _planned(self, rows: int) -> int | None:
         """Rows per pass the planner settled on (the caller's ``batch_size``), or None while it still measures."""
@@ -282,12 +228,9 @@ class _Passes:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (R, 1), gradients (R, 1, ...)) as :func:`~attrib.methods.passes.item_gradients` gives them."""
         planned = self._planned(len(item))
-        self.measured = self.measured or planned is None
-        # eager, as it comes: a measured pass of the planner, and in a call that measured, what is left when it is
-        # less than a planned pass (its shape would be compiled for this call alone: the single-prompt case's
-        # 52 rows ran 8 + 16 measured and 28 compiled, a whole-model compile of ~50 s for a shape never seen again)
-        if planned is None or self.scope == "none" or (self.measured and len(item) < planned):
+        if self.rest.eager(planned) or self.scope == "none":
             scores, grad = self._pass(value, item, len(item), 0, compiled=False)
+            self.rest.ran(len(item))
             return scores.unsqueeze(1), grad.unsqueeze(1)
         tokens = value.shape[1]
         bucket = token_bucket(tokens, self.options.tokens)
@@ -298,6 +241,7 @@ class _Passes:
             parts.append(self._pass(value[index], item[index], real, bucket - tokens, compiled=True))
             start += real
         scores, grad = (torch.cat(t) for t in zip(*parts)) if len(parts) > 1 else parts[0]
+        self.rest.ran(len(item))
         return scores.unsqueeze(1), grad.unsqueeze(1)
 
     def _pass(self, points: torch.Tensor, items: torch.Tensor, real: int, pad: int, compiled: bool
@@ -305,7 +249,7 @@ class _Passes:
         """One forward and backward of ``points`` (rows of ``items``, left-padded by ``pad`` tokens): the first
         ``real`` rows' summed scores and gradients at the points."""
         prep, hf = self.prep, self.prep.model.module
-        mask = prep.call(items)[1]["attention_mask"]
+        mask = self.mask[items.to(self.mask.device)]
         if pad:
             mask = torch.nn.functional.pad(mask, (pad, 0))
             points = torch.nn.functional.pad(points, (0, 0, pad, 0))
@@ -326,15 +270,8 @@ class _Passes:
             if compiled:
                 if graphed:
                     torch.compiler.cudagraph_mark_step_begin()
-                try:
-                    output = self._compiled_call(hf, call, mode, scope)
-                except torch._dynamo.exc.BackendCompilerFailed as err:
-                    inner = getattr(err, "inner_exception", None) or err
-                    why = (str(inner).strip().splitlines() or [""])[0][:160]
-                    raise MethodError(f"torch.compile (mode {mode!r}, scope {scope!r}) failed on "
-                                      f"{type(hf).__name__} ({type(inner).__name__}: {why}); pass compile=False, or "
-                                      "other CompileOptions(mode=..., scope=...).") from err
-                _warm.setdefault(hf, set()).add((scope, mode, len(items), points.shape[1], masked))
+                output = run_compiled(hf, call, mode, scope, self.layers)
+                record_bucket(hf, (scope, mode, len(items), points.shape[1], masked))
             else:
                 output = hf(**call)
             scores = prep.scores(output, items).sum(-1)
@@ -355,18 +292,3 @@ class _Passes:
         switchable = hasattr(self.prep.model.module, "set_attn_implementation")
         return choice == "eager" or (choice == "auto" and switchable and tokens <= SHORT and dtype != torch.float64)
 
-    def _compiled_call(self, hf: torch.nn.Module, call: dict[str, Any], mode: str, scope: str) -> Any:
-        fn = _compile(scope, mode)
-        if scope == "model":
-            return fn(hf, call)
-        saved = [(layer, layer.__dict__.get("_compiled_call_impl")) for layer in self.layers]
-        try:
-            for layer, _ in saved:
-                layer._compiled_call_impl = functools.partial(fn, layer)
-            return hf(**call)
-        finally:
-            for layer, before in saved:
-                if before is None:
-                    layer.__dict__.pop("_compiled_call_impl", None)
-                else:
-                    layer._compiled_call_impl = before

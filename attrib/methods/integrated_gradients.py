@@ -255,7 +255,8 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
     node_alpha = torch.tensor(nodes, dtype=acc, device=x.device)
     node_weight = torch.tensor(node_weights, dtype=acc, device=x.device)
     # f(x) and f(b) of item i in rows 2i and 2i + 1; every other row's score goes to the last row, a sink: no
-    # boolean indexing (it reads the mask on the host, so the host waited for each pass before queuing the next)
+    # boolean indexing (it reads the mask on the host, so the host waited for each pass before queuing the next),
+    # and copied, not added (a pass retried after running out of memory writes its rows again)
     ends = torch.zeros(2 * prep.n_items + 1, n_out, dtype=torch.float64, device=x.device)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
@@ -264,13 +265,13 @@ def _integrate(prep: Inputs, where: Site, x: torch.Tensor, b: torch.Tensor, alph
         value = _point(x[item], b[item], alpha)
         scores, grad = gradients(prep, where, value, item, n_out)
         slot = torch.where(step >= len(alphas), 2 * item + step - len(alphas), 2 * prep.n_items)
-        ends.index_add_(0, slot.to(ends.device), scores.to(device=ends.device, dtype=torch.float64))
+        ends.index_copy_(0, slot.to(ends.device), scores.to(device=ends.device, dtype=torch.float64))
         grad = grad.to(acc)
         w = node_weight.to(grad.device)[step].view(-1, *[1] * (grad.dim() - 1))
         return torch.where(w > 0, grad * w, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
     remember = plan_key(model, ("ig", where.name, n_out), x, prep.x.shape[1])
-    with gradient_passes(prep, options, remember, batch_size) as gradients:
+    with gradient_passes(prep, options, remember, batch_size, prep.n_items * n_nodes) as gradients:
         summed = run_rows(run, prep.n_items * n_nodes, lambda rows: rows // n_nodes, prep.n_items, batch_size,
                           like=x, remember=remember)                       # (items, n_out, ...)
     attr = (x.to(acc) - b.to(acc)).unsqueeze(1) * summed

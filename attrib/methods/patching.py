@@ -51,6 +51,7 @@ value heads under grouped-query attention) when named, as TransformerLens' demo 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,7 +64,9 @@ from ..models.sites import Site, site
 from ..results import PatchingResult
 from .inputs import Inputs, check_batch_size, check_grad_mode
 from .batching import plan_key
-from .planning import each_chunk
+from .planning import Remember, each_chunk
+from .compiled import options_of
+from .compiled_patching import check_patching_supported, patch_passes
 from . import atp_star as star
 from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, ordered, prepare_pairs
 
@@ -98,12 +101,17 @@ def _dot(diff: torch.Tensor, grad: torch.Tensor, acc: torch.dtype) -> torch.Tens
     return prod.transpose(1, 2) if prod.dim() == 3 else prod
 
 
+def _remember(pairs: Pairs, kind: tuple) -> Remember:
+    """The planner's key of ``kind`` of work on these pairs."""
+    return plan_key(pairs.model, (*kind, pairs.components, pairs.model.dtype), pairs.clean.x)
+
+
 def _chunks(total: int, batch_size: int | None, pairs: Pairs, kind: tuple,
             run: Callable[[torch.Tensor], None]) -> tuple[int, int]:
     """``run`` over CPU ``arange(total)`` in chunks of ``batch_size`` (``None``: planned, halved on
     out-of-memory; a size the caller chose is kept); (the last chunk size, the number of chunks run)."""
     return each_chunk(total, batch_size, pairs.model.device, lambda rows: run(rows.cpu()),
-                      remember=plan_key(pairs.model, (*kind, pairs.components, pairs.model.dtype), pairs.clean.x))
+                      remember=_remember(pairs, kind))
 
 
 def _nan_scores(pairs: Pairs) -> dict[str, torch.Tensor]:
@@ -225,7 +233,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
                         components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
                         component_map: Mapping[str, Any] | None = None,
                         positions: int | Sequence[int] | None = None,
-                        batch_size: int | None = None) -> PatchingResult:
+                        batch_size: int | None = None, compile: Any = False) -> PatchingResult:
     """Activation patching (Meng et al. 2022; the exact quantity that attribution patching estimates): for
     each component × layer × position (× head), metric(receiving run with that one activation taken from the
     other prompt) − metric(receiving run).
@@ -242,12 +250,17 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     The receiving run is the corrupted prompt for ``denoise``, the clean one for ``noise``. Each patch is
     one row of a batched forward of ``batch_size`` rows (``None``: planned from measured passes,
     :mod:`attrib.methods.planning`; an out-of-memory error halves it and retries); with lists of pairs the rows of every pair
-    share the forwards. Same arguments and result as :func:`attribution_patching`.
+    share the forwards. Same arguments and result as :func:`attribution_patching`. ``compile=True`` (or
+    ``attrib.methods.compiled.CompileOptions(...)``) runs the patched forwards through ``torch.compile``
+    (:mod:`attrib.methods.compiled_patching`).
     """
     batch_size = check_batch_size(batch_size)
+    options = options_of(compile)
     pairs = prepare_pairs(model, clean, corrupted, target=target, contrast=contrast, score=score, metric=metric,
                           components=components, direction=direction, component_map=component_map,
                           positions=positions)
+    if options is not None:
+        check_patching_supported(pairs)
     source, receiving = pairs.source_receiving()
     everyone = torch.arange(pairs.n_pairs)
     sources, m_source = _collect(pairs, source, list(pairs.sites), everyone)
@@ -261,11 +274,17 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     plan = torch.tensor(rows, dtype=torch.long)
     values = torch.empty(len(rows), dtype=torch.float64)
 
-    def run(chunk: torch.Tensor) -> None:
-        part = plan[chunk]
-        values[chunk] = _patched(pairs, receiving, sources, part) - m_recv[part[:, 0]]
+    def traced(part: torch.Tensor) -> torch.Tensor:
+        return _patched(pairs, receiving, sources, part)
 
-    size, n_forwards = _chunks(len(rows), batch_size, pairs, ("activation patching",), run)
+    kind = ("activation patching",)
+    with (patch_passes(pairs, receiving, sources, options, _remember(pairs, kind), batch_size, traced, len(rows))
+          if options is not None else contextlib.nullcontext(traced)) as patched:
+        def run(chunk: torch.Tensor) -> None:
+            part = plan[chunk]
+            values[chunk] = patched(part) - m_recv[part[:, 0]]
+
+        size, n_forwards = _chunks(len(rows), batch_size, pairs, kind, run)
     per_pair = _nan_scores(pairs)
     for c_id, c in enumerate(pairs.components):
         mine = plan[:, 1] == c_id

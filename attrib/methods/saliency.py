@@ -98,7 +98,7 @@ def saliency(model: Model, inputs: Any, *, target: Any = None, contrast: Any = N
         return torch.stack([attr, attr * attr], 1) if smooth else attr.unsqueeze(1)
 
     remember = plan_key(model, ("saliency",), x)
-    with gradient_passes(prep, compiled, remember, batch_size) as gradients:
+    with gradient_passes(prep, compiled, remember, batch_size, prep.n_items * n) as gradients:
         sums = run_rows(run, prep.n_items * n, lambda chunk: chunk // n, prep.n_items, batch_size, like=x,
                         remember=remember)
     values = _smoothed(sums, n, smooth_type) if smooth else sums[:, 0]

@@ -81,3 +81,11 @@ def test_buffers_same_as_torch():
     shared = net[0]
     net.add_module("again", shared)
     assert [id(b) for b in buffers(net)] == [id(b) for b in net.buffers()] and len(buffers(net)) == 3
+
+
+def test_a_parameter_that_is_also_a_buffer_elsewhere_is_listed_as_both():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Module()
+    b.register_buffer("w", a.weight)
+    root = torch.nn.Sequential(a, b)
+    assert [id(t) for t in buffers(root)] == [id(t) for t in root.buffers()] == [id(a.weight)]
+    assert [id(t) for t in parameters(root)] == [id(t) for t in root.parameters()]

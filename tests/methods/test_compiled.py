@@ -22,13 +22,6 @@ PROMPTS = ["w3 w14 w15", "w3 w9 w26 w5 w7 w8", "w4 w5 w6 w7 w8 w9 w10 w11 w12"] 
 OTHERS = ["w5 w6 w7 w8", "w1 w4", "w9 w8 w7 w6 w5 w4 w3 w2 w1 w10 w11"]            # other lengths, same bucket
 
 
-@pytest.fixture(scope="module")
-def models() -> dict[str, attrib.LanguageModel]:
-    """One tiny float32 model per layout, shared by the tests: what one test compiles, the next finds warm."""
-    return {arch: attrib.LanguageModel(tiny_hf(arch, dtype=torch.float32), WordTokenizer())
-            for arch in ("llama", "gpt2", "neox")}
-
-
 def graphs() -> int:
     """torch's own count of the graphs dynamo compiled in this process."""
     return counters["stats"]["unique_graphs"]
@@ -142,31 +135,40 @@ def test_planned_rows(models):
     planning._plans.pop(hf, None)
 
 
-def test_a_call_that_measured_runs_a_short_rest_eagerly(models, monkeypatch):
-    """In a call whose first passes were the planner's measurements, rows left that are fewer than a planned pass
-    run eagerly (their shape would be compiled for that call alone); a pass as large as planned, or any pass of a
-    call that measured nothing, runs compiled."""
-    from attrib.methods import compiled
+def test_a_call_that_measured_runs_a_short_rest_eagerly():
+    """In a call whose first passes were the planner's measurements, the rows left when it settles run eagerly if
+    they are fewer than a planned pass (their shape is that call's alone), compiled otherwise — all of them, also
+    when they run as several passes smaller than planned; a call that measured nothing compiles. Decided once."""
+    from attrib.methods.compiled_run import Rest
+    for answers, rows, total, expected in (
+            ((None, None, 1000, 1000), (4, 8, 4, 4), 20, [True, True, True, True]),     # 8 left < 1000: eager
+            ((None, None, 12, 12, 12), (4, 8, 10, 10, 10), 42, [True, True, False, False, False]),  # 30 >= 12
+            ((1000, 1000), (8, 8), 16, [False, False]),                                  # measured nothing
+    ):
+        rest = Rest(total)
+        seen = []
+        for planned, n in zip(answers, rows):
+            seen.append(rest.eager(planned))
+            rest.ran(n)
+        assert seen == expected, (answers, seen)
+
+
+def test_the_rest_rule_in_a_compiled_call(models, monkeypatch):
+    """The same through integrated_gradients(compile=True): a short rest after measured passes compiles nothing."""
+    from attrib.methods import compiled, compiled_run
     model = models["llama"]
     hf = model.module
     kw = dict(target="w7", n_steps=14, batch_size=None)             # 16 rows
     ref = attrib.integrated_gradients(model, PROMPTS[2], **kw)
-
-    def scripted(*answers):
+    for answers, compiles in (((None, 1000), False), ((1000,), True)):
         seq = list(answers)
         monkeypatch.setattr(compiled._Passes, "_planned", lambda self, rows: seq.pop(0) if len(seq) > 1 else seq[0])
-
-    planning._plans.pop(hf, None)
-    for answers, compiles in (((None, 1000), False), ((None, 1), True), ((1000,), True)):
-        planning._plans.pop(hf, None)
-        scripted(*answers)
         before = set(compiled_buckets(hf))
-        compiled._warm.pop(hf, None)
+        compiled_run._warm.pop(hf, None)
         got = attrib.integrated_gradients(model, PROMPTS[2], compile=True, **kw)
         assert bool(compiled_buckets(hf)) == compiles, answers
         assert_close(got, ref)
-        compiled._warm.setdefault(hf, set()).update(before)
-    planning._plans.pop(hf, None)
+        compiled_run._warm.setdefault(hf, set()).update(before)
 
 
 def test_whole_model_scope(models):
@@ -260,13 +262,19 @@ def test_liger_refused_without_the_package(models):
         attrib.saliency(models["llama"], PROMPTS[0], target="w7", batch_size=1, compile=CompileOptions(liger=True))
 
 
-def test_a_failed_compile_is_one_error(models, monkeypatch):
-    from attrib.methods import compiled
+def fail_compiling(monkeypatch) -> None:
+    """Every compile from here on fails in its backend (``ValueError: no kernels today``)."""
+    from attrib.methods import compiled_run
 
     def backend(graph, inputs):
         raise ValueError("no kernels today")
 
-    monkeypatch.setattr(compiled, "_compile", lambda scope, mode: torch.compile(compiled._call_layer, backend=backend))
+    monkeypatch.setattr(compiled_run, "_compile", lambda scope, mode: torch.compile(compiled_run._call_layer,
+                                                                                     backend=backend))
+
+
+def test_a_failed_compile_is_one_error(models, monkeypatch):
+    fail_compiling(monkeypatch)
     hf = models["llama"].module
     flags = [p.requires_grad for p in hf.parameters()]
     with pytest.raises(MethodError, match=r"torch.compile .* failed on LlamaForCausalLM \(ValueError: no kernels today"):

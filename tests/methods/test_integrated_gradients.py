@@ -283,3 +283,35 @@ def test_rule_and_captums_name_for_it():
     assert torch.equal(a.values, b.values) and a.info["rule"] == "riemann_right" and a.method == "integrated_gradients"
     with pytest.raises(attrib.MethodError, match="disagree"):
         attrib.integrated_gradients(model, IDS, target=7, rule="riemann_left", method="riemann_right")
+
+
+def test_a_pass_retried_after_out_of_memory_counts_its_end_points_once(monkeypatch):
+    """An out-of-memory error after a pass wrote f(x) and f(b) (here in the step weighting) retries the rows; the
+    end points are written again, not added again (they had been: f(x) doubled, delta −3.5e-5 → −6.0e-2)."""
+    import types
+    ig = sys.modules["attrib.methods.integrated_gradients"]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    model = attrib.Model(net)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    ref = attrib.integrated_gradients(model, x, target=1, n_steps=2)
+    raised = []
+
+    class Torch(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    def where(*args, **kwargs):
+        if len(args) == 3 and isinstance(args[2], torch.Tensor) and args[2].dim() == 0 and not raised:
+            raised.append(True)                                   # the weighting, after the end points
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.where(*args, **kwargs)
+
+    proxy = Torch("torch")
+    proxy.where = where
+    monkeypatch.setattr(ig, "torch", proxy)
+    got = attrib.integrated_gradients(model, x, target=1, n_steps=2)
+    assert raised
+    for r, g in zip(ref, got):
+        assert g.info["f_x"] == r.info["f_x"] and g.info["f_baseline"] == r.info["f_baseline"]
+        assert float(g.delta) == float(r.delta) and torch.equal(g.values, r.values)
