@@ -52,10 +52,14 @@ FAMILIES = {
     "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
         num_layers=2, num_decoder_layers=2, d_model=32, d_ff=64, num_heads=4, d_kv=8, vocab_size=60,
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)),
-    # BART-style encoder-decoders (the encoder's layers; the structural fallback had found OPT's decoder in them)
+}
+# BART-style encoder-decoders (the encoder's layers; the structural fallback had found OPT's decoder in them): the
+# layout tests here run on them too; the methods' tests import FAMILIES, whose methods they do not all support
+BART_FAMILIES = {
     "bart": lambda: transformers.BartForConditionalGeneration(transformers.BartConfig(**_BART)),
     "marian": lambda: transformers.MarianMTModel(transformers.MarianConfig(**_BART)),
 }
+LAYOUT_FAMILIES = {**FAMILIES, **BART_FAMILIES}
 SEQ2SEQ = ("t5", "bart", "marian")
 IDS = torch.tensor([[5, 17, 23, 9, 41, 12]])
 TARGET = 7
@@ -63,10 +67,10 @@ SITES = ("resid_pre.0", "q.0", "k.0", "v.0", "z.0", "attn_out.0", "mlp_out.0", "
          "resid_pre.1", "q.1", "z.1", "attn_out.1", "mlp_out.1", "resid_post.1")
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+@pytest.fixture(params=sorted(LAYOUT_FAMILIES))
 def family(request):
     torch.manual_seed(0)
-    hf = FAMILIES[request.param]().double().eval()
+    hf = LAYOUT_FAMILIES[request.param]().double().eval()
     return request.param, hf, attrib.LanguageModel(hf)
 
 
@@ -200,7 +204,7 @@ def test_saliency_of_an_encoder_decoder_is_the_gradient_at_the_encoders_embeddin
 def test_a_bart_style_model_attributes_to_its_encoders_embedding(name):
     """The prompt's embedding is the encoder's (the decoder's, which the OPT layout named, sees one start token)."""
     torch.manual_seed(0)
-    hf = FAMILIES[name]().double().eval()
+    hf = BART_FAMILIES[name]().double().eval()
     model = attrib.LanguageModel(hf)
     assert site(model, "embed").path == "model.encoder.embed_tokens"
     got = attrib.integrated_gradients(model, IDS, target=TARGET, n_steps=64)
@@ -211,7 +215,7 @@ def test_a_bart_style_model_attributes_to_its_encoders_embedding(name):
 def test_an_unknown_encoder_decoder_never_gets_a_decoder_only_layout():
     """The structural fallback skips layouts whose embedding is a decoder's (OPT's fits BART's decoder too)."""
     torch.manual_seed(0)
-    hf = FAMILIES["bart"]()
+    hf = BART_FAMILIES["bart"]()
     hf.config.model_type = "some_new_seq2seq"
     layout = attrib.models.layout_of(hf)
     assert layout.family == "bart" and layout.embed == "model.encoder.embed_tokens"
