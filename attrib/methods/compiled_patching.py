@@ -49,7 +49,7 @@ __all__ = ["check_patching_supported", "patch_passes"]
 PROBED = ("q_rot", "k_rot", "pattern")
 
 
-def check_patching_supported(pairs: Pairs) -> None:
+def check_patching_supported(pairs: Pairs, options: CompileOptions) -> None:
     """Refuse, before any pass, what compiled patching does not run."""
     def refuse(what: str, instead: str) -> NoReturn:
         raise MethodError(f"compile=True runs activation patching's forwards through the Hugging Face model, but "
@@ -69,6 +69,14 @@ def check_patching_supported(pairs: Pairs) -> None:
     flat = sorted({where.name for where in pairs.sites.values() if where.flat})
     if flat:
         refuse(f"the sites {flat} flatten the positions of their module's rows", "patch the other components")
+    # options of the gradient passes that patching's forwards do not use: refused, never ignored
+    unused = {name: value for name, value, default in (("liger", options.liger, False),
+                                                        ("attention", options.attention, "auto"),
+                                                        ("tokens", options.tokens, 16)) if value != default}
+    if unused:
+        refuse(f"CompileOptions({', '.join(f'{k}={v!r}' for k, v in unused.items())}) applies to integrated "
+               "gradients' and saliency's compiled passes only (patching pads no tokens and keeps the model's "
+               "attention and kernels)", "drop it")
 
 
 @contextlib.contextmanager
@@ -164,15 +172,15 @@ class _PatchPasses:
 
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
         planned = self._planned(len(chunk))
-        eager = self.rest.eager(planned) or self.scope == "none"
-        metric = self.traced(chunk) if eager else self._pass(chunk)
+        metric = self.traced(chunk) if self.rest.eager(planned) else self._pass(chunk, planned)
         self.rest.ran(len(chunk))
         return metric
 
-    def _pass(self, chunk: torch.Tensor) -> torch.Tensor:
-        """One compiled forward of ``chunk``'s rows (padded to their bucket); their metric (rows,) on the CPU."""
+    def _pass(self, chunk: torch.Tensor, planned: int) -> torch.Tensor:
+        """One compiled forward of ``chunk``'s rows, padded to their bucket but never past ``planned`` rows (the
+        caller's ``batch_size`` or the plan's memory); their metric (rows,) on the CPU."""
         real = len(chunk)
-        n = row_bucket(real)
+        n = max(real, min(row_bucket(real), planned))
         padded = torch.cat([chunk, chunk[-1:].expand(n - real, -1)]) if n > real else chunk
         dev = self.device
         key = torch.full((n,), -1, dtype=torch.long)
@@ -201,8 +209,11 @@ class _PatchPasses:
             with torch.no_grad():
                 if graphed:
                     torch.compiler.cudagraph_mark_step_begin()
-                output = run_compiled(hf, call, mode, scope, self.layers)
-                record_bucket(hf, (scope, mode, n, tokens, "patching"))
+                if scope == "none":                   # the same hooked calls, uncompiled
+                    output = hf(**call)
+                else:
+                    output = run_compiled(hf, call, mode, scope, self.layers)
+                    record_bucket(hf, (scope, mode, n, tokens, "patching"))
                 metric = self.receiving.scores(output, items).sum(-1)[:real]
         finally:
             self.rows = None

@@ -48,8 +48,9 @@ _compiled: dict[tuple[str, str], Callable[..., Any]] = {}        # (scope, mode)
 
 
 def compiled_buckets(module: torch.nn.Module) -> list[tuple]:
-    """The buckets that ran compiled on ``module`` in this process: (scope, mode, rows, tokens, masked)."""
-    return sorted(_warm.get(module, ()))
+    """The buckets that ran compiled on ``module`` in this process: (scope, mode, rows, tokens, masked) for IG's
+    and saliency's passes, (scope, mode, rows, tokens, "patching") for activation patching's."""
+    return sorted(_warm.get(module, ()), key=repr)
 
 
 def record_bucket(module: torch.nn.Module, bucket: tuple) -> None:

@@ -260,7 +260,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
                           components=components, direction=direction, component_map=component_map,
                           positions=positions)
     if options is not None:
-        check_patching_supported(pairs)
+        check_patching_supported(pairs, options)
     source, receiving = pairs.source_receiving()
     everyone = torch.arange(pairs.n_pairs)
     sources, m_source = _collect(pairs, source, list(pairs.sites), everyone)
@@ -291,7 +291,7 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
         i, layer, h, j = plan[mine][:, [0, 2, 3, 5]].unbind(1)
         per_pair[c][(i, layer, h, j) if c in HEADED else (i, layer, j)] = values[mine]
     return pairs.result("activation_patching", per_pair, m_source, m_recv, _score_dtype(model), batch_size=size,
-                        forwards=n_forwards)
+                        forwards=n_forwards, **({"compile": True} if options is not None else {}))
 
 
 def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:

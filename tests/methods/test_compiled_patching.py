@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 import attrib
 from attrib.errors import MethodError
-from attrib.methods.compiled import compiled_buckets
+from attrib.methods.compiled import CompileOptions, compiled_buckets
 
-from ..conftest import hook_counts
+from ..conftest import WordTokenizer, hook_counts
 from .test_compiled import fail_compiling, graphs, smollm2
 
 ALL = ("resid", "attn", "mlp", "heads", "q", "k", "v")
@@ -70,8 +71,8 @@ def test_planned_passes_measure_eagerly_then_compile(models, monkeypatch):
     ref = attrib.activation_patching(model, "w3 w14 w15", "w3 w20 w15", **kw)
     ran = []
     original = compiled_patching._PatchPasses._pass
-    monkeypatch.setattr(compiled_patching._PatchPasses, "_pass", lambda self, chunk: ran.append(len(chunk)) or
-                        original(self, chunk))
+    monkeypatch.setattr(compiled_patching._PatchPasses, "_pass", lambda self, chunk, planned: ran.append(len(chunk))
+                        or original(self, chunk, planned))
     monkeypatch.setattr(compiled_patching._PatchPasses, "_planned", lambda self, rows: 1000)     # settled
     got = attrib.activation_patching(model, "w3 w14 w15", "w3 w20 w15", compile=True, **kw)
     assert ran == [12]                                  # 2 components × 2 layers × 3 positions, one pass
@@ -85,6 +86,9 @@ def test_planned_passes_measure_eagerly_then_compile(models, monkeypatch):
 @pytest.mark.parametrize("kw, match", [
     (dict(components=("q_rot",)), r"components \['q_rot'\] are read through attention probes"),
     (dict(compile="yes"), r"compile='yes' must be True, False"),
+    (dict(compile=CompileOptions(liger=True)), r"CompileOptions\(liger=True\) applies to integrated gradients'"),
+    (dict(compile=CompileOptions(attention="eager", tokens=8)),
+     r"CompileOptions\(attention='eager', tokens=8\) applies to integrated gradients'"),
 ])
 def test_refused(models, kw, match):
     with pytest.raises(MethodError, match=match):
@@ -128,3 +132,44 @@ def test_gpu_float32_smollm2_shape():
     got = attrib.activation_patching(model, clean, corrupted, compile=True, **kw)
     assert any(b[-1] == "patching" for b in compiled_buckets(model.module))
     assert_same(got, ref, tol=1e-3)
+
+
+def test_passes_stay_within_the_batch_size_and_buckets_list_with_ig(models):
+    """A compiled pass pads its rows to a bucket but never past batch_size (5 rows ran as 8 before); the buckets
+    of IG and of patching on one model list together (sorting mixed their last fields: TypeError); info says so."""
+    model = models["gpt2"]
+    prompt, other = "w3 w14 w15 w9 w8 w2", "w3 w20 w15 w9 w8 w2"
+    kw = dict(target="w7", components=("resid", "attn"), batch_size=5)      # 2 × 2 × 6 = 24 rows: 5 × 4 + 4
+    got = attrib.activation_patching(model, prompt, other, compile=True, **kw)
+    assert_same(got, attrib.activation_patching(model, prompt, other, **kw))
+    assert got.info["compile"] is True
+    rows = [b[2] for b in compiled_buckets(model.module) if b[-1] == "patching" and b[3] == 6]
+    assert rows and max(rows) <= 5
+    attrib.integrated_gradients(model, prompt, target="w7", n_steps=3, batch_size=5, compile=True)
+    kinds = {b[-1] for b in compiled_buckets(model.module)}
+    assert "patching" in kinds and kinds & {True, False}
+
+
+def test_one_graph_however_many_layers(monkeypatch):
+    """Each layer's hooks differ only in their key number, a tensor input: the layers share one graph."""
+    from attrib.methods import compiled_run
+    made: dict[tuple, object] = {}
+
+    def eager_compile(scope, mode):            # dynamo's guards and graphs, without inductor's kernels
+        if (scope, mode) not in made:
+            fn = compiled_run._call_layer if scope == "layers" else compiled_run._call_model
+            made[(scope, mode)] = torch.compile(fn, backend="eager", dynamic=False)
+        return made[(scope, mode)]
+
+    monkeypatch.setattr(compiled_run, "_compile", eager_compile)
+    for layers in (2, 6):
+        torch.manual_seed(0)
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=50, max_position_embeddings=32)).eval()
+        model = attrib.LanguageModel(hf, WordTokenizer())
+        before = graphs()
+        kw = dict(target="w7", components=("resid", "attn", "mlp", "heads", "q", "k"), batch_size=4096)
+        got = attrib.activation_patching(model, "w3 w14 w15 w9", "w3 w20 w15 w9", compile=True, **kw)
+        assert graphs() - before == 1, layers
+        assert_same(got, attrib.activation_patching(model, "w3 w14 w15 w9", "w3 w20 w15 w9", **kw))
