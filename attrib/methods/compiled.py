@@ -47,7 +47,7 @@ from typing import Any, Callable, Hashable, Iterator, NoReturn
 
 import torch
 
-from ..core.devices import compute_devices, input_module, is_dispatched
+from ..core.devices import input_module, is_dispatched
 from ..core.walk import parameters
 from ..errors import MethodError
 from ..models.language import LanguageModel, accepts
@@ -55,8 +55,8 @@ from ..models.sites import Site
 from .compiled_patches import attention, liger
 from .inputs import Inputs
 from .passes import item_gradients
-from .compiled_run import Rest, compiled_buckets, pass_mode, record_bucket, recompile_limits, resolve_scope, run_compiled
-from .planning import Planner
+from .compiled_run import (Rest, compiled_buckets, pass_mode, planned_rows, record_bucket, recompile_limits,
+                           resolve_scope, run_compiled)
 
 __all__ = ["CompileOptions", "options_of", "check_supported", "gradient_passes", "token_bucket", "row_bucket",
            "row_passes", "compiled_buckets", "pass_mode"]
@@ -218,11 +218,7 @@ class _Passes:
         self.padded = not bool(self.mask.all())
 
     def _planned(self, rows: int) -> int | None:
-        """Rows per pass the planner settled on (the caller's ``batch_size``), or None while it still measures."""
-        if self.batch_size is not None:
-            return self.batch_size
-        planner = Planner(rows, None, self.device, self.remember, compute_devices(self.remember[0]))
-        return planner.size if planner.settled else None
+        return planned_rows(self.batch_size, rows, self.device, self.remember)
 
     def gradients(self, prep: Inputs, where: Site, value: torch.Tensor, item: torch.Tensor, n_out: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:

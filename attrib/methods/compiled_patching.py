@@ -34,15 +34,16 @@ from typing import Any, Callable, Iterator, NoReturn
 
 import torch
 
-from ..core.devices import compute_devices, is_dispatched
+from ..core.devices import is_dispatched
 from ..errors import MethodError
 from ..models.language import LanguageModel
 from ..models.sites import Site, first_tensor, replace_first
 from .compiled import CompileOptions, row_bucket
-from .compiled_run import Rest, pass_mode, recompile_limits, record_bucket, resolve_scope, run_compiled
+from .compiled_run import (Rest, pass_mode, planned_rows, recompile_limits, record_bucket, resolve_scope,
+                           run_compiled)
 from .inputs import Inputs
 from .pairs import HEADED, Key, Pairs
-from .planning import Planner, Remember
+from .planning import Remember
 
 __all__ = ["check_patching_supported", "patch_passes"]
 
@@ -99,7 +100,6 @@ def patch_passes(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tenso
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(hook))
-        passes.hooked = True
         with recompile_limits():
             yield passes
     finally:
@@ -156,7 +156,6 @@ class _PatchPasses:
         self.number = {key: k for k, key in enumerate(self.keys)}
         self.device = receiving.x.device
         self.rows: dict[str, torch.Tensor] | None = None     # the running compiled pass's patches
-        self.hooked = False
         self.rest = Rest(total)
         self.scope, self.layers = resolve_scope(pairs.model.module, options.scope)
         self.auto = options.scope == "auto"
@@ -165,10 +164,7 @@ class _PatchPasses:
         self.dtype = next(iter(sources.values())).dtype
 
     def _planned(self, rows: int) -> int | None:
-        if self.batch_size is not None:
-            return self.batch_size
-        planner = Planner(rows, None, self.device, self.remember, compute_devices(self.remember[0]))
-        return planner.size if planner.settled else None
+        return planned_rows(self.batch_size, rows, self.device, self.remember)
 
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
         planned = self._planned(len(chunk))

@@ -19,11 +19,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.devices import compute_devices
 from ..errors import LayoutError, MethodError
 from ..models.layouts import layout_of
+from .planning import Planner, Remember
 
 __all__ = ["GRAPHED", "RECOMPILE_LIMIT", "pass_mode", "compiled_buckets", "record_bucket", "recompile_limits",
-           "compiled_call", "resolve_scope", "run_compiled", "Rest"]
+           "compiled_call", "resolve_scope", "run_compiled", "Rest", "planned_rows"]
 
 GRAPHED = 32_768  # row-tokens below which a CUDA pass replays CUDA graphs (H200: 52 x 64 rows 27-33 ms against 47;
                   # 4,352 x 32: 487 prompts/s against 530 without, whose static-buffer copies cost more than launches)
@@ -152,3 +154,12 @@ class Rest:
     def ran(self, rows: int) -> None:
         """A pass of ``rows`` rows finished (one that failed, and is retried smaller, is not counted)."""
         self.done += rows
+
+
+def planned_rows(batch_size: int | None, rows: int, device: torch.device, remember: Remember) -> int | None:
+    """Rows per pass: the caller's ``batch_size``, else the size the planner settled on for ``remember``'s work
+    (None while it still measures)."""
+    if batch_size is not None:
+        return batch_size
+    planner = Planner(rows, None, device, remember, compute_devices(remember[0]))
+    return planner.size if planner.settled else None
