@@ -85,6 +85,32 @@ def parts(case: str, device: torch.device, dtype: torch.dtype, tokens: int | Non
             for m in containers:
                 m.__dict__.pop("forward", None)
 
+    def patched() -> tuple[torch.Tensor, ...]:
+        from attrib.core.patches import BACKWARD, GRAD, SAVE
+        for patch in (BACKWARD, SAVE, GRAD):
+            patch.acquire()
+        try:
+            return step()
+        finally:
+            for patch in (GRAD, SAVE, BACKWARD):
+                patch.release()
+
+    def everything() -> tuple[torch.Tensor, ...]:
+        from attrib.core.patches import BACKWARD, GRAD, SAVE
+        for patch in (BACKWARD, SAVE, GRAD):
+            patch.acquire()
+        for m in containers:
+            inner = m.forward
+            m.__dict__["forward"] = lambda *a, inner=inner, **k: inner(*a, **k)
+        try:
+            h, logits = in_greenlet(forward)
+            return in_greenlet(lambda: backward_hooked(h, logits))
+        finally:
+            for m in containers:
+                m.__dict__.pop("forward", None)
+            for patch in (GRAD, SAVE, BACKWARD):
+                patch.release()
+
     def threads_on() -> tuple[torch.Tensor, ...]:
         h, logits = forward()
         return torch.autograd.grad(logits.sum(), [logits, h])
@@ -96,6 +122,8 @@ def parts(case: str, device: torch.device, dtype: torch.dtype, tokens: int | Non
         "both in greenlets": both_in_greenlets,
         "tensor hooks + private copies": lambda: backward_hooked(*forward()),
         f"a wrapper on {len(containers)} modules with children": wrapped,
+        "torch.Tensor patched (backward, save, grad)": patched,
+        "all of the above but threads": everything,
         "autograd threads on (hooks pruned)": threads_on,
         "attrib": seed_example(model, path, ids),
     }

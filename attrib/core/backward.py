@@ -81,7 +81,9 @@ class BackwardContext(Handoff):
         self.trace = trace
         self.loss = loss
         self.gradient = gradient
-        self.retain_graph = create_graph if retain_graph is None else retain_graph
+        if retain_graph is None:        # the invokes of a batch share one graph: the later ones backward through it
+            retain_graph = create_graph or trace.lens is not None
+        self.retain_graph = retain_graph
         self.create_graph = create_graph
         if inputs is None:
             module = trace.model.module
@@ -151,6 +153,8 @@ class BackwardContext(Handoff):
                 old = original_grad.__get__(t) if t.retains_grad or id(t) in kept else None
                 original_grad.__set__(t, grad if old is None else old + grad)
                 kept.add(id(t))
+        if self.trace.lens is not None:
+            self.trace.lens.keep_grads(kept, values)
         for param, grad in zip(self.inputs, grads[len(targets):]):
             if grad is not None:
                 old = original_grad.__get__(param)
@@ -200,6 +204,9 @@ class BackwardContext(Handoff):
         return f"it was at {self._label(self._tensors[self._pos_key])}"
 
     def read(self, t: torch.Tensor) -> torch.Tensor:
+        rows = self._rows_of(t)
+        if rows is not None:             # an invoke's rows of a batch's value: the rows of that value's gradient
+            return self.read(rows[0])[rows[1]]
         key = id(t)
         if key == self.current_key:
             return self.current
@@ -220,9 +227,24 @@ class BackwardContext(Handoff):
         return self.current
 
     def write(self, t: torch.Tensor, value: Any) -> None:
+        rows = self._rows_of(t)
+        if rows is not None:
+            whole = self.read(rows[0])
+            self._check_value(t, whole[rows[1]], value)
+            whole = whole.clone()
+            whole[rows[1]] = value
+            self.replace(whole)
+            return
         if id(t) != self.current_key:
             self.read(t)
-        current = self.current
+        self._check_value(t, self.current, value)
+        self.replace(value)
+
+    def _rows_of(self, t: torch.Tensor) -> tuple[torch.Tensor, slice] | None:
+        lens = self.trace.lens
+        return None if lens is None else lens.base_of(t)
+
+    def _check_value(self, t: torch.Tensor, current: torch.Tensor, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             raise GradientValueError(
                 f"the gradient of {self._label(t)} must be set to a tensor, got {type(value).__name__}."
@@ -234,7 +256,6 @@ class BackwardContext(Handoff):
                     f"the gradient of {self._label(t)} was assigned a tensor of {what} {got}; expected {what} "
                     f"{want}, like the gradient it replaces."
                 )
-        self.replace(value)
 
     # -- diagnosis ----------------------------------------------------------------------------
     def _check_lazy(self, t: torch.Tensor) -> None:

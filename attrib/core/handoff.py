@@ -42,6 +42,7 @@ class Handoff(abc.ABC):
     result: Any = None
     _used = False
     _again = "a new block"       # how a user opens another one, for the message of a reused object
+    blocker: Any = None           # the scheduler of a batch of invokes, when this trace runs one
 
     # -- what a subclass provides -------------------------------------------------------------------
     @abc.abstractmethod
@@ -112,7 +113,11 @@ class Handoff(abc.ABC):
         return self._co is not None and self._co.in_child
 
     def wait_for(self, done: Callable[[], bool]) -> None:
-        """Resume the computation until ``done()`` holds or it ends."""
+        """Resume the computation until ``done()`` holds or it ends. A body of a batch of invokes
+        (:mod:`attrib.core.batch`) waits instead: its scheduler resumes the computation for every body."""
+        if self.blocker is not None and self.blocker.waits_here():
+            self.blocker.wait(done, self)
+            return
         while not done() and not self._co.finished:
             self._co.resume()
 

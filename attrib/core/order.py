@@ -37,8 +37,9 @@ def event_of(module: torch.nn.Module, kind: str) -> Event:
 class OrderBook:
     """Tracks the forward's position against a known event order, or records that order."""
 
-    def __init__(self, known: dict[Event, int] | None) -> None:
+    def __init__(self, known: dict[Event, int] | None, memo: dict | None = None) -> None:
         self.known = known
+        self._memo = {} if memo is None else memo   # running_at's answers for this known order, by (event, pos)
         self.recording = known is None
         self.events: dict[Event, int] = {}
         self.pos = -1
@@ -80,6 +81,10 @@ class OrderBook:
         target = self.known.get(event)
         if target is None or target <= self.pos:   # not in the order, or asked for after the order says it passed
             return None
+        key = (event, self.pos, len(candidates))
+        found = self._memo.get(key)
+        if found is not None:
+            return found
         found = []
         for m in candidates:
             start = self.known.get((m, "start"))
@@ -87,6 +92,7 @@ class OrderBook:
                 found.append(m)      # never ran when the order was recorded: it may run now
             elif self.pos < start <= target < self.known.get((m, "end"), target + 1):
                 found.append(m)
+        self._memo[key] = found
         return found
 
     def passed(self, module: torch.nn.Module, kind: str) -> bool:

@@ -133,6 +133,8 @@ def _backward(self: torch.Tensor, gradient=None, retain_graph=None, create_graph
             f"`with {name}:` cannot open a backward context; write `with loss.backward():` in its place."
         )
     trace.backward_started()
+    if retain_graph is None and trace.lens is not None:    # the invokes of a batch share one graph
+        retain_graph = True
     plain_backward(self, gradient, retain_graph, create_graph, inputs)
     return None
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError, ValueEditError
+from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
 from .backward import BackwardContext
 from .handoff import Handoff
 from .order import OrderBook, event_of
 from .patches import BACKWARD, SAVE
 from .pending import Promises
 from .current import claim, local, unclaim
-from .values import tensors_in
+from .values import check_edit, tensors_in
 
 if TYPE_CHECKING:
     from .model import Model
@@ -51,15 +51,21 @@ class Trace(Handoff):
         self.kwargs = kwargs
         self.param_grads = param_grads
         self._values: dict[tuple[torch.nn.Module, str], Any] = {}
-        self._book = OrderBook(model._order)
+        memo = model.__dict__.get("_running_memo")
+        if memo is None or memo[0] is not model._order:   # the answers of running_at hold for one known order
+            memo = (model._order, {})
+            object.__setattr__(model, "_running_memo", memo)
+        self._book = OrderBook(model._order, memo[1])
         self._touched: dict[int, torch.Tensor] = {}
         self._labels: dict[int, tuple[torch.nn.Module, str, int]] = {}
         self._request_hooks: list[Any] = []
+        self._input_waits: dict[tuple[torch.nn.Module, str], list[Any]] = {}   # key -> [pre-hook handle, waiters]
         self._wrapped: dict[torch.nn.Module, Any] = {}
-        self._wanted: set[torch.nn.Module] = set()
+        self._wanted: dict[torch.nn.Module, int] = {}   # modules whose output is waited for, by how many waits
         self._claimed = False
         self.promises = Promises()
         self.grads_kept: set[int] = set()   # ids of values whose .grad a backward context of this trace set
+        self.lens: Any = None               # a batch of invokes' row views (attrib.core.batch), else None
 
     # -- lifecycle (see Handoff) ----------------------------------------------------------------
     def _setup(self) -> None:
@@ -124,6 +130,7 @@ class Trace(Handoff):
         for handle in self._request_hooks:
             handle.remove()
         self._request_hooks.clear()
+        self._input_waits.clear()
         self._unwrap_all()
         self._book.stop()
         self.promises.clear()
@@ -185,31 +192,35 @@ class Trace(Handoff):
 
     # -- reads and writes ---------------------------------------------------------------------
     def read(self, module: torch.nn.Module, kind: str) -> Any:
+        """``module.<kind>`` in this pass (an invoke of a batch sees its own rows: :mod:`attrib.core.batch`)."""
+        value = self._read(module, kind)
+        return value if self.lens is None else self.lens.view(value)
+
+    def _read(self, module: torch.nn.Module, kind: str) -> Any:
         key = (module, _KIND_OF[kind])
         if key in self._values:
             return self._pick(key, kind)
-        path = f"{self.model._path_of(module)}.{kind}"
         if local.backward is not None and local.backward.trace is self:
             raise NotInTraceError(
-                f"{path} was first read inside a backward context, after the forward pass is over; "
-                "read it in the trace before the `with ....backward():` block."
+                f"{self.model._path_of(module)}.{kind} was first read inside a backward context, after the forward "
+                "pass is over; read it in the trace before the `with ....backward():` block."
             )
-        ran_past = OutOfOrderError(
-            f"{path} was read after the model ran past it ({self._where()}); read module values "
-            "in the order the model computes them."
-        )
         if self._book.passed(module, kind):
-            if self._book.recording or self.finished:
-                raise ran_past
-            # Only the order recorded by an earlier trace says so; a model whose control flow changed its
-            # module order may still call it. Go on until it runs, or the forward ends (then it ran past).
-            self._wait_for(module, key)
-            if key not in self._values:
-                raise ran_past
-            self._book.stale = True
-            return self._pick(key, kind)
+            where = self._where()      # before waiting: where the model was when the block asked
+            if not (self._book.recording or self.finished):
+                # Only the order recorded by an earlier trace says so; a model whose control flow changed its
+                # module order may still call it. Go on until it runs, or the forward ends (then it ran past).
+                self._wait_for(module, key)
+                if key in self._values:
+                    self._book.stale = True
+                    return self._pick(key, kind)
+            raise OutOfOrderError(
+                f"{self.model._path_of(module)}.{kind} was read after the model ran past it ({where}); read module "
+                "values in the order the model computes them."
+            )
         if self.finished:
-            raise NeverRanError(f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass.")
+            raise NeverRanError(f"{self.model._path_of(module)}.{kind} was read, but {self.model._path_of(module)} "
+                                "never ran in this forward pass.")
         was_stale = self._book.stale
         self._wait_for(module, key)
         if key not in self._values:
@@ -219,8 +230,8 @@ class Trace(Handoff):
                 maybe = ("; this pass called its modules in another order than the trace that recorded the order, so "
                          "if it was already running when it was read, read it again in a new trace (it records anew)")
             raise NeverRanError(
-                f"{path} was read, but {self.model._path_of(module)} never ran in this forward pass "
-                f"(the model finished without calling it{maybe})."
+                f"{self.model._path_of(module)}.{kind} was read, but {self.model._path_of(module)} never ran in this "
+                f"forward pass (the model finished without calling it{maybe})."
             )
         return self._pick(key, kind)
 
@@ -260,19 +271,34 @@ class Trace(Handoff):
         self._wrap_running(module, key[1])
         if key[1] == "output":
             self._wrap(module)
-            self._wanted.add(module)
+            wanted = self._wanted
+            wanted[module] = wanted.get(module, 0) + 1
             try:
                 self.wait_for(lambda: key in self._values)
             finally:
-                self._wanted.discard(module)
+                if wanted.get(module, 1) <= 1:
+                    wanted.pop(module, None)
+                else:
+                    wanted[module] -= 1
             return
-        handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
-        self._request_hooks.append(handle)
+        # one pre-hook per value, however many invoke bodies of a batch wait for it: torch calls the hooks of
+        # a module from a list taken before the first one runs, so a second hook removed while the forward
+        # paused in the first would still be called (without its keyword arguments)
+        shared = self._input_waits.get(key)
+        if shared is None:
+            handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
+            self._request_hooks.append(handle)
+            shared = self._input_waits[key] = [handle, 0]
+        shared[1] += 1
         try:
             self.wait_for(lambda: key in self._values)
         finally:
-            handle.remove()
-            self._request_hooks.remove(handle)
+            shared[1] -= 1
+            if shared[1] == 0:
+                shared[0].remove()
+                self._input_waits.pop(key, None)
+                if shared[0] in self._request_hooks:
+                    self._request_hooks.remove(shared[0])
 
     # Outputs are delivered by wrapping ``module.forward`` (an instance attribute, for this trace only),
     # not by forward hooks: a hook registered on a module that is already running (the root, a layer
@@ -336,13 +362,16 @@ class Trace(Handoff):
     def write(self, module: torch.nn.Module, kind: str, value: Any) -> None:
         key = (module, _KIND_OF[kind])
         if key not in self._values:
-            self.read(module, kind)
+            self._read(module, kind)
         if self.current_key != key:
             raise OutOfOrderError(
                 f"{self.model._path_of(module)}.{kind} was assigned after the model ran past it "
                 f"({self._where()}); assign a module's value right after reading it, in execution order."
             )
-        self._check_edit(module, kind, self._pick(key, kind), value)
+        if self.lens is not None:        # an invoke's rows, set into the batch's value
+            check_edit(f"{self.model._path_of(module)}.{kind}", self.lens.view(self._pick(key, kind)), value)
+            value = self.lens.merge(self._pick(key, kind), value)
+        check_edit(f"{self.model._path_of(module)}.{kind}", self._pick(key, kind), value)
         if kind == "input":
             args, kwargs = self._values[key]
             if args:
@@ -362,24 +391,6 @@ class Trace(Handoff):
         self._values[key] = value
         self._register(value, module, kind)
         self.replace(value)
-
-    def _check_edit(self, module: torch.nn.Module, kind: str, old: Any, new: Any) -> None:
-        """Refuse a tensor of another shape, dtype or device than the one it replaces (also element-wise in a
-        tuple of the same length): the model would fail later, in another module, with torch's words."""
-        pairs = [(None, old, new)]
-        if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
-            pairs = [(i, o, n) for i, (o, n) in enumerate(zip(old, new))]
-        for i, o, n in pairs:
-            if not (isinstance(o, torch.Tensor) and isinstance(n, torch.Tensor)):
-                continue
-            for what, want, got in (("shape", tuple(o.shape), tuple(n.shape)), ("dtype", o.dtype, n.dtype),
-                                    ("device", o.device, n.device)):
-                if want != got:
-                    where = f"{self.model._path_of(module)}.{kind}" + ("" if i is None else f"[{i}]")
-                    raise ValueEditError(
-                        f"{where} was assigned a tensor of {what} {got}; expected {what} {want}, like the value it "
-                        f"replaces (edit it in place, e.g. {where}[:] = ..., or convert with .to(...))."
-                    )
 
     @property
     def output(self) -> Any:
