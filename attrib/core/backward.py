@@ -81,8 +81,10 @@ class BackwardContext(Handoff):
         self.trace = trace
         self.loss = loss
         self.gradient = gradient
-        if retain_graph is None:        # the invokes of a batch share one graph: the later ones backward through it
-            retain_graph = create_graph or trace.lens is not None
+        if trace.lens is not None:     # the invokes of a batch share one graph: the later ones backward through it
+            retain_graph = True         # (it is freed with the trace)
+        elif retain_graph is None:
+            retain_graph = create_graph
         self.retain_graph = retain_graph
         self.create_graph = create_graph
         if inputs is None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from ..errors import ValueEditError
 from .switch import Coroutine
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class Lens:
         self.rows = rows
         self.span: slice | None = None     # the rows of the body running now
         self._views: dict[int, tuple[torch.Tensor, torch.Tensor, slice]] = {}
+        self.shared: list[tuple[torch.Tensor, int]] = []   # values handed over whole, and their versions
 
     def view(self, value: Any) -> Any:
         span = self.span
@@ -52,6 +54,7 @@ class Lens:
 
     def _view(self, t: torch.Tensor, span: slice) -> torch.Tensor:
         if t.dim() == 0 or t.shape[0] != self.rows:
+            self.shared.append((t, t._version))
             return t
         v = t[span]
         self._views[id(v)] = (v, t, span)
@@ -93,6 +96,7 @@ class Lens:
 
     def clear(self) -> None:
         self._views.clear()
+        self.shared.clear()
         self.span = None
 
 
@@ -127,11 +131,14 @@ def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
 
 
-def concat_inputs(prepared: list[tuple[tuple, dict]]) -> tuple[tuple, dict] | None:
+def concat_inputs(prepared: list[tuple[tuple, dict]], plain: bool = False) -> tuple[tuple, dict] | None:
     """The invokes' inputs as one batch, or ``None`` when they cannot share one forward exactly (other
-    lengths, shapes, dtypes, keywords or non-tensor arguments)."""
+    lengths, shapes, dtypes, keywords or non-tensor arguments). ``plain``: inputs a user wrote for a module of
+    their own, batched only when each invoke passes one tensor (a second one may not be per row)."""
     first_args, first_kwargs = prepared[0]
     if rows_of(first_args, first_kwargs) is None:
+        return None
+    if plain and any(len(_tensors(a, kw)) != 1 for a, kw in prepared):
         return None
     kwarg_sets = [dict(kw) for _, kw in prepared]
     if all("attention_mask" in kw for kw in kwarg_sets) and any("position_ids" in kw for kw in kwarg_sets):
@@ -199,15 +206,26 @@ class _Scheduler:
         self.waits[i] = None
 
     def _resume(self, i: int) -> None:
+        lens = self.trace.lens
         self.running = i
-        self.trace.lens.span = self.spans[i]
+        lens.span = self.spans[i]
         self.before(i)
+        lens.shared = [(t, t._version) for t, _ in lens.shared]    # the model may have edited them since
         try:
             self.bodies[i].resume()
         finally:
-            self.trace.lens.span = None
+            lens.span = None
             self.running = None
             self.after(i)
+        for t, version in lens.shared:
+            # a value every invoke's rows share, edited in place by this body, would change the others too
+            if t._version != version:
+                raise ValueEditError(
+                    f"invoke {i + 1} of the batch edited in place a value of shape {tuple(t.shape)} whose first "
+                    f"dimension is not the batch's {lens.rows} rows: every invoke shares it, so the edit would reach "
+                    "the others; edit it in a trace of its own (`with model.trace(prompt):`), or edit a value that has "
+                    "a row per prompt."
+                )
 
     def run(self) -> None:
         trace, bodies = self.trace, self.bodies

@@ -4,16 +4,14 @@
 >>> from attrib.core.deferred import defer_body
 >>> class Later:
 ...     def __enter__(self):
-...         self.body = defer_body(sys._getframe(1))
-...         return self
+...         Later.body = defer_body(sys._getframe(1))
 ...     def __exit__(self, *exc):
-...         return self.body is not None and self.body.skipped(exc[1])
+...         return Later.body is not None and Later.body.skipped(exc[1])
 >>> def f():
-...     with Later() as later:
+...     with Later():
 ...         x = 40 + 2
-...     return "x" in locals(), later.body
->>> ran, body = f()
->>> ran, body.run({}), body.assigned                # the block did not run in place; it runs when asked
+...     return "x" in locals()
+>>> f(), Later.body.run({}), Later.body.assigned     # the block did not run in place; it runs when asked
 (False, {'x': 42}, ('x',))
 
 NNsight runs the bodies of a trace's invokes together, interleaved at each module, so that they share one
@@ -25,9 +23,7 @@ function is the thread's only while the block is entered; the one found (a debug
 in ``__exit__``.
 
 :func:`defer_body` returns ``None`` — the caller then runs the block in place — where the body cannot be
-moved faithfully: no source, a body on the ``with`` line, or statements whose meaning depends on the block
-being in place (``return``, ``yield``, ``await``, ``break``/``continue`` of an outer loop, ``global``,
-``nonlocal``, ``del`` of a name).
+moved faithfully: no source, or what :func:`attrib.core.bodyscan.scan` finds.
 """
 
 from __future__ import annotations
@@ -39,6 +35,8 @@ import sys
 import types
 from typing import Any
 
+from .bodyscan import Scan, scan
+
 __all__ = ["Body", "defer_body", "write_back"]
 
 
@@ -49,11 +47,10 @@ class _Skip(Exception):
 class Body:
     """A ``with`` body compiled on its own, with the names its frame had when the block was entered."""
 
-    def __init__(self, code: types.CodeType, frame: types.FrameType, assigned: tuple[str, ...],
-                 free: frozenset[str] = frozenset()) -> None:
+    def __init__(self, code: types.CodeType, frame: types.FrameType, facts: Scan) -> None:
         self.code = code
-        self.assigned = assigned                  # the names the body binds, in the order they appear
-        self.free = free                          # the names it reads and never binds itself
+        self.facts = facts
+        self.assigned = facts.assigned            # the names the body binds, in the order they appear
         self.module_level = frame.f_locals is frame.f_globals
         self.globals = frame.f_globals
         # the frame's names now (a loop's variable keeps this iteration's value for this body)
@@ -108,20 +105,19 @@ def _quiet(frame: types.FrameType, event: str, arg: Any) -> None:
 
 def defer_body(frame: types.FrameType) -> Body | None:
     """Take the body of the ``with`` statement that ``frame`` is entering out of line (see the module's text);
-    ``None`` where it cannot be moved faithfully."""
-    node = _with_node(frame)
-    if node is None or len(node.items) != 1 or node.body[0].lineno <= node.items[-1].context_expr.end_lineno:
+    ``None`` where it cannot be moved faithfully (:func:`attrib.core.bodyscan.scan`)."""
+    found = _with_node(frame)
+    if found is None:
         return None
-    if not all(_movable(statement) for statement in node.body):
+    tree, node = found
+    facts = scan(tree, node)
+    if facts is None:
         return None
-    assigned = tuple(dict.fromkeys(_stored_names(node.body)))
     try:
         code = compile(ast.Module(body=node.body, type_ignores=[]), frame.f_code.co_filename, "exec")
     except SyntaxError:
         return None
-    loaded = {n.id for statement in node.body for n in ast.walk(statement)
-              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    body = Body(code, frame, assigned, frozenset(loaded - set(assigned)))
+    body = Body(code, frame, facts)
     body.arm()
     return body
 
@@ -144,7 +140,7 @@ def write_back(body: Body, values: dict[str, Any]) -> None:
 _trees: dict[tuple[str, int], ast.Module] = {}
 
 
-def _with_node(frame: types.FrameType) -> ast.With | None:
+def _with_node(frame: types.FrameType) -> tuple[ast.Module, ast.With] | None:
     filename = frame.f_code.co_filename
     lines = linecache.getlines(filename, frame.f_globals)
     if not lines:
@@ -166,80 +162,7 @@ def _with_node(frame: types.FrameType) -> ast.With | None:
         return None
     best = max(n.lineno for n in found)
     innermost = [n for n in found if n.lineno == best]
-    return innermost[0] if len(innermost) == 1 else None
-
-
-class _Refuse(ast.NodeVisitor):
-    def __init__(self) -> None:
-        self.ok = True
-        self.loops = 0
-
-    def visit_FunctionDef(self, node: ast.AST) -> None:      # a nested scope: its own returns are its own
-        return None
-
-    visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = visit_FunctionDef
-
-    def _loop(self, node: ast.AST) -> None:
-        self.loops += 1
-        self.generic_visit(node)
-        self.loops -= 1
-
-    visit_For = visit_While = visit_AsyncFor = _loop
-
-    def _bad(self, node: ast.AST) -> None:
-        self.ok = False
-
-    visit_Return = visit_Yield = visit_YieldFrom = visit_Await = visit_Global = visit_Nonlocal = _bad
-
-    def visit_Break(self, node: ast.AST) -> None:
-        if not self.loops:
-            self.ok = False
-
-    visit_Continue = visit_Break
-
-    def visit_Delete(self, node: ast.Delete) -> None:
-        if any(isinstance(t, ast.Name) for t in node.targets):
-            self.ok = False
-        self.generic_visit(node)
-
-
-def _movable(statement: ast.stmt) -> bool:
-    visitor = _Refuse()
-    visitor.visit(statement)
-    return visitor.ok
-
-
-def _stored_names(body: list[ast.stmt]) -> list[str]:
-    """Names bound by the body in its own scope (not inside functions, classes or comprehensions it defines)."""
-    names: list[str] = []
-
-    class Stores(ast.NodeVisitor):
-        def visit_Name(self, node: ast.Name) -> None:
-            if isinstance(node.ctx, ast.Store):
-                names.append(node.id)
-
-        def visit_FunctionDef(self, node: ast.AST) -> None:
-            names.append(node.name)            # the def binds its name here; its body is another scope
-
-        visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
-
-        def visit_Lambda(self, node: ast.AST) -> None:
-            return None
-
-        visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_Lambda
-
-        def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-            names.extend((a.asname or a.name).split(".")[0] for a in node.names)
-
-        visit_ImportFrom = visit_Import
-
-        def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
-            names.append(node.target.id)
-            self.visit(node.value)
-
-    for statement in body:
-        Stores().visit(statement)
-    return names
+    return (tree, innermost[0]) if len(innermost) == 1 else None
 
 
 def _read_names(code: types.CodeType) -> set[str]:

@@ -28,7 +28,10 @@ invoke, is refused with a message that says where to read it.
 from __future__ import annotations
 
 import sys
+import types
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import InputError, NotInTraceError, ReusedBlockError
 from .batch import concat_inputs, rows_of, run_batch
@@ -41,6 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Invoker", "Invoke"]
 
+_MISSING = object()
+# modules whose training-mode forward depends on the whole batch or draws at random for it
+_PER_BATCH = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)
+
 
 class _Pending:
     """A deferred invoke: its inputs, its body, and the names its body bound so far."""
@@ -49,7 +56,7 @@ class _Pending:
         self.args, self.kwargs, self.body = args, kwargs, body
         self.ns: dict[str, Any] | None = None
         self.own: dict[str, Any] = {}
-        self.injected: dict[str, Any] = {}
+        self.before: dict[str, Any] = {}
 
 
 class Invoker:
@@ -110,14 +117,14 @@ class Invoker:
         self._running = True
         try:
             prepared = [model._place(*model._prepare(p.args, p.kwargs)) for p in pending]
+            # dropout and batch norm in training mode mix or draw per batch: each invoke keeps its own forward
+            batchable = not any(m.training and isinstance(m, _PER_BATCH) for m in model.module.modules())
+            plain = not hasattr(model, "tokenizer")
             start = 0
             while start < len(pending):
-                stop, bound = start + 1, set(pending[start].body.assigned)
-                # a body that reads a name an earlier body of the batch binds waits for it in its own forward:
-                # in a shared one it would start before that value exists (NNsight raises NameError there)
-                while stop < len(pending) and not (pending[stop].body.free & bound) and \
-                        concat_inputs(prepared[start:stop + 1]) is not None:
-                    bound |= set(pending[stop].body.assigned)
+                stop = start + 1
+                while stop < len(pending) and batchable and _joins(pending[start:stop], pending[stop]) and \
+                        concat_inputs(prepared[start:stop + 1], plain) is not None:
                     stop += 1
                 self._run_group(pending[start:stop], prepared[start:stop])
                 start = stop
@@ -157,15 +164,13 @@ class Invoker:
                 break
             inject.update((k, v) for k, v in q.own.items() if k not in p.own)
         p.ns.update(inject)
-        p.injected = inject
+        p.before = {k: p.ns.get(k, _MISSING) for k in p.body.assigned}
 
     def _after(self, p: _Pending) -> None:
-        ns, snapshot = p.ns, p.body.snapshot
-        for k in p.body.assigned:
-            if k in ns:
-                v = ns[k]
-                if (k in p.injected and v is p.injected[k]) or (k not in p.own and k in snapshot and v is snapshot[k]):
-                    continue
+        ns, before = p.ns, p.before
+        for k in p.body.assigned:      # what this stretch of the body bound (to another object than it found)
+            v = ns.get(k, _MISSING)
+            if v is not _MISSING and v is not before.get(k, _MISSING):
                 p.own[k] = v
         if p.body.module_level:                 # functions of the module read its globals: keep them current
             p.body.globals.update(p.own)
@@ -182,6 +187,26 @@ class Invoker:
                 write_back(body, values)
         for p in done:
             p.body.frame = None
+
+
+def _joins(group: list[_Pending], p: _Pending) -> bool:
+    """Whether ``p``'s body may share the forward of ``group``'s: not when it reads, before it could wait, a name
+    an earlier body binds, or reads into an object an earlier body changes (``cache["h"]``) — in a shared forward
+    it would start before that value exists (NNsight raises NameError there); in its own, after."""
+    facts = p.body.facts
+    bound = {name for q in group for name in q.body.assigned}
+    if (facts.free | facts.read_first) & bound:
+        return False
+    changed = {name for q in group for name in q.body.facts.written}
+    return not any(_data(p.body, name) for name in facts.read_inside & changed)
+
+
+def _data(body: Body, name: str) -> bool:
+    """Whether ``name`` holds data rather than a model, a module of code or a function (whose attributes a body
+    reads and edits through: ``lm.transformer.h[0].output[:] = ...``)."""
+    value = body.snapshot.get(name, body.globals.get(name))
+    return not (isinstance(value, (types.ModuleType, types.FunctionType, type, torch.nn.Module))
+                or type(value).__module__.startswith("attrib."))
 
 
 class Invoke:

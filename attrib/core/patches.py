@@ -133,7 +133,7 @@ def _backward(self: torch.Tensor, gradient=None, retain_graph=None, create_graph
             f"`with {name}:` cannot open a backward context; write `with loss.backward():` in its place."
         )
     trace.backward_started()
-    if retain_graph is None and trace.lens is not None:    # the invokes of a batch share one graph
+    if trace.lens is not None:                             # the invokes of a batch share one graph
         retain_graph = True
     plain_backward(self, gradient, retain_graph, create_graph, inputs)
     return None
@@ -154,6 +154,9 @@ def _grad_get(self: torch.Tensor) -> Any:
             return ctx.read(self)
     elif self.grad_fn is not None and not self.retains_grad:
         for trace in reversed(local.traces):      # the pre-0.5 NNsight form: .grad first, .backward() later
+            rows = trace.lens.base_of(self) if trace.lens is not None else None
+            if rows is not None and trace.defers(rows[0]):      # an invoke's rows of a batch's value
+                return trace.promises.promise(self, rows)
             if trace.defers(self):
                 return trace.promises.promise(self)
     return original_grad.__get__(self)

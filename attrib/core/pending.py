@@ -71,20 +71,23 @@ class Promises:
         entry = self._entries.get(id(tensor))
         return entry[0] if entry is not None and entry[2] is tensor else None
 
-    def promise(self, tensor: torch.Tensor) -> PendingGrad:
-        """The holder of ``tensor``'s gradient, summed over the plain backwards that reach it."""
+    def promise(self, tensor: torch.Tensor, rows: tuple[torch.Tensor, slice] | None = None) -> PendingGrad:
+        """The holder of ``tensor``'s gradient, summed over the plain backwards that reach it. ``rows``: the
+        tensor is an invoke's rows of a batch's value (``(value, rows)``), whose gradient fills it."""
         found = self.get(tensor)
         if found is not None:
             return found
         holder = torch.zeros_like(tensor, requires_grad=False).as_subclass(PendingGrad)
+        span = slice(None) if rows is None else rows[1]
 
         def fill(grad: torch.Tensor) -> None:
             with torch._C.DisableTorchFunctionSubclass():
-                holder.add_(grad.detach())
+                holder.add_(grad.detach()[span])
             holder._filled = True
 
         # the tensor stays in the entry so that its id is its own while the trace runs
-        self._entries[id(tensor)] = (holder, tensor.register_hook(fill), tensor)
+        hooked = tensor if rows is None else rows[0]
+        self._entries[id(tensor)] = (holder, hooked.register_hook(fill), tensor)
         return holder
 
     def check(self) -> None:

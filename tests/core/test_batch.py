@@ -182,3 +182,126 @@ def test_plain_model_rows():
         assert h.shape == (x.shape[0], 4)
         torch.testing.assert_close(h, hh, **TOL)
         torch.testing.assert_close(g, gg, **TOL)
+
+
+# -- what a review found: code whose meaning depends on the body running in place, in order -------------------
+def logits_of(lm, prompt):
+    with lm.trace(prompt):
+        return lm.output.logits.save()
+
+
+def test_bodies_that_start_without_a_line_of_their_own_run_in_place(lm):
+    seen = []
+    previous = sys.gettrace()
+    sys.settrace(lambda *a: None)          # a debugger's or coverage's tracer, to be kept
+    mine = sys.gettrace()
+    try:
+        with lm.trace() as tracer:
+            with tracer.invoke(SAME[0]):
+                try:                           # `try` compiles to no instruction at its line
+                    a = lm.output.logits.save()
+                except KeyError:
+                    pass
+            with tracer.invoke(SAME[1]):
+                pass
+        seen.append(sys.gettrace() is mine)
+    finally:
+        sys.settrace(previous)
+    assert seen == [True] and tracer.forwards == 2
+    torch.testing.assert_close(a, logits_of(lm, SAME[0]), **TOL)
+
+
+def test_code_that_reads_or_changes_what_a_body_uses_keeps_it_in_place(lm):
+    norms, idx, out = [], [0], []
+    with lm.trace() as tracer:
+        for j, prompt in enumerate(SAME[:2]):
+            idx[0] = j                         # changed after the previous invoke: that body must have run
+            with tracer.invoke(prompt):
+                h = lm.output.logits[:, idx[0]].save()
+            norms.append(h)                    # read after the invoke, inside the trace
+    assert tracer.forwards == 2
+    for j, prompt in enumerate(SAME[:2]):
+        torch.testing.assert_close(norms[j], logits_of(lm, prompt)[:, j], **TOL)
+
+    with torch.no_grad(), lm.trace() as tracer:
+        with tracer.invoke(SAME[0]):
+            assert not torch.is_grad_enabled()
+            out.append(lm.output.logits.save())
+    with lm.trace() as tracer:
+        try:
+            with tracer.invoke(SAME[0]):
+                raise ValueError("caught by the try around the invoke")
+        except ValueError:
+            out.append("caught")
+        with tracer.invoke(SAME[1]) as inv:        # `as` binds a name the body may read: in place
+            out.append(type(inv).__name__)
+    assert out[1:] == ["caught", "Trace"] and not out[0].requires_grad
+
+
+def test_values_passed_through_a_container_or_rebound_to_an_entry_object(lm):
+    clean, corrupted = "w3 w14 w15 w9", "w3 w14 w40 w9"
+    cache, x = {}, None
+    with lm.trace() as tracer:
+        with tracer.invoke(clean):
+            cache["h"] = lm.transformer.h[1].output.save()
+            x = 5
+        with tracer.invoke(corrupted):
+            lm.transformer.h[1].output[:] = cache["h"]     # read from what the clean body wrote: a forward of its own
+            patched = lm.output.logits.save()
+            x = None                                       # the last invoke's binding wins, even back to None
+    assert tracer.forwards == 2 and x is None
+    torch.testing.assert_close(patched, logits_of(lm, clean), **TOL)
+
+
+def test_gradients_in_a_batch_with_retain_graph_false_and_the_pre_05_form(lm):
+    def old_form(lm):
+        h = lm.transformer.h[0].output
+        g = h.grad.save()                                  # read before the backward: filled by it
+        lm.output.logits[0, -1, 7].backward()
+        return g
+
+    def context_form(lm):
+        h = lm.transformer.h[0].output
+        with lm.output.logits[0, -1, 7].backward(retain_graph=False):
+            return h.grad.save()
+
+    for form in (old_form, context_form):
+        got = []
+        with lm.trace() as tracer:
+            for prompt in SAME[:2]:
+                with tracer.invoke(prompt):
+                    got.append(form(lm))
+        assert tracer.forwards == 1
+        for prompt, g in zip(SAME[:2], got):
+            with lm.trace(prompt):
+                want = form(lm)
+            torch.testing.assert_close(g, want, **TOL)
+
+
+def test_an_edit_of_a_value_all_rows_share_is_refused(lm, leakcheck):
+    check = leakcheck(lm.module)
+    with pytest.raises(attrib.ValueEditError, match=r"invoke 1 of the batch edited in place a value of shape "
+                                                    r"\(1, 4, 32\) whose first dimension is not the batch's 2 rows"):
+        with lm.trace() as tracer:
+            for prompt in SAME[:2]:
+                with tracer.invoke(prompt):
+                    lm.transformer.wpe.output[:] = 0       # GPT-2's position embeddings: (1, T, d), one for all rows
+    check.assert_clean()
+
+
+def test_a_plain_model_with_a_second_tensor_argument_is_not_batched():
+    class Scaled(torch.nn.Module):
+        def forward(self, x, w):
+            return x * w
+
+    net = attrib.Model(Scaled())
+    w = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    xs = [torch.ones(2, 2, dtype=torch.float64), torch.full((2, 2), 3.0, dtype=torch.float64)]
+    got = []
+    with net.trace() as tracer:
+        for x in xs:
+            with tracer.invoke(x, w):                      # w has as many entries as x has rows: not per row
+                got.append(net.output.save())
+    assert tracer.forwards == 2
+    for x, out in zip(xs, got):
+        torch.testing.assert_close(out, x * w, **TOL)
