@@ -1,17 +1,17 @@
 """Invokes of one trace run as one batched forward: each invoke's body sees its own rows.
 
->>> import torch, attrib
->>> net = attrib.Model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
->>> with net.trace() as tracer:
-...     with tracer.invoke(torch.ones(1, 2)):
-...         a = net.output.save()
-...     with tracer.invoke(torch.zeros(3, 2)):
-...         net[0].output[:] = 0                   # these rows only
-...         b = net.output.save()
->>> tracer.forwards, a.shape, b.shape, bool(torch.allclose(b, net[1].module.bias.expand(3, 1)))
-(1, torch.Size([1, 1]), torch.Size([3, 1]), True)
+>>> import torch
+>>> from attrib.core.batch import Lens
+>>> lens = Lens(rows=3)
+>>> lens.span = slice(1, 3)                      # the body of the invoke with rows 1 and 2 runs now
+>>> batch = torch.arange(6.0).reshape(3, 2)
+>>> lens.view(batch).tolist()                    # what it reads
+[[2.0, 3.0], [4.0, 5.0]]
+>>> lens.merge(batch, torch.zeros(2, 2)).tolist()   # what an assignment of it sets
+[[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
 
-The invokes' inputs are concatenated along the batch dimension (rows) and the model runs once. Each body
+The invokes' inputs (a language model's token ids) are concatenated along the batch dimension (rows) and
+the model runs once. Each body
 runs in its own greenlet; a read that the forward has not reached yet parks the body, and the scheduler
 (:func:`run_batch`) resumes the forward only when every body is parked or done, so the forward pauses at each
 value some body asked for and hands it to the waiting bodies in invoke order (values flow from an invoke to
@@ -66,8 +66,14 @@ class Lens:
         if span is None:
             return new
         if isinstance(whole, torch.Tensor):
-            if not isinstance(new, torch.Tensor) or whole.dim() == 0 or whole.shape[0] != self.rows:
+            if not isinstance(new, torch.Tensor):
                 return new
+            if whole.dim() == 0 or whole.shape[0] != self.rows:
+                raise ValueEditError(
+                    f"a value of shape {tuple(whole.shape)} whose first dimension is not the batch's {self.rows} rows "
+                    "was assigned in an invoke of a batch: every invoke shares it, so the assignment would reach the "
+                    "others; assign it in a trace of its own (`with model.trace(prompt):`), or assign a value that has "
+                    "a row per prompt.")
             return torch.cat([whole[: span.start], new, whole[span.stop:]], 0)
         if isinstance(whole, (tuple, list)) and isinstance(new, (tuple, list)) and len(whole) == len(new):
             merged = [self.merge(w, n) for w, n in zip(whole, new)]
@@ -133,12 +139,12 @@ def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
 
 def concat_inputs(prepared: list[tuple[tuple, dict]], plain: bool = False) -> tuple[tuple, dict] | None:
     """The invokes' inputs as one batch, or ``None`` when they cannot share one forward exactly (other
-    lengths, shapes, dtypes, keywords or non-tensor arguments). ``plain``: inputs a user wrote for a module of
-    their own, batched only when each invoke passes one tensor (a second one may not be per row)."""
+    lengths, shapes, dtypes, keywords or non-tensor arguments). ``plain``: inputs of a module of the user's own
+    (not a language model's token ids), whose batch dimension is not known: not batched."""
     first_args, first_kwargs = prepared[0]
     if rows_of(first_args, first_kwargs) is None:
         return None
-    if plain and any(len(_tensors(a, kw)) != 1 for a, kw in prepared):
+    if plain:       # a module of the user's own: which dimension is the batch (and which tensor is per row) is theirs
         return None
     kwarg_sets = [dict(kw) for _, kw in prepared]
     if all("attention_mask" in kw for kw in kwarg_sets) and any("position_ids" in kw for kw in kwarg_sets):

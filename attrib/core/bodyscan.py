@@ -10,8 +10,8 @@
 ...             cache["h"] = h
 ... ''')
 >>> s = scan(tree, tree.body[0].body[0].body[0])
->>> s.assigned, sorted(s.free), sorted(s.written)
-(('h',), ['cache', 'layer'], ['cache'])
+>>> s.assigned, sorted(s.free), sorted(s.reads), sorted(s.written)
+(('h',), ['cache', 'layer'], ['layer'], ['cache'])
 
 A deferred body (:mod:`attrib.core.deferred`) runs when the trace block ends, after the code that follows it
 and interleaved with the other invokes' bodies. :func:`scan` returns ``None`` — the body then runs in place,
@@ -24,8 +24,9 @@ as its own forward — where that would change what some code sees:
   skipped by a trace function at its first line, which such a statement does not reach;
 - a ``with`` or ``try`` between the invoke and its trace block (``torch.no_grad()``, an ``except`` the body's
   errors are meant for);
-- code that runs while the trace block is open, after the invoke or in another turn of a loop around it, and
-  reads a name the body binds, or changes an object the body reads (``idx[0] = j``, ``cache.clear()``).
+- any code of the user's between the invokes' ``with`` lines and the end of the trace block: the block must hold
+  only invokes, directly or in ``for`` loops that hold only invokes (and be a ``with`` of one item), so that
+  nothing reads what a body binds or changes, or changes what a body reads, before the bodies have run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ __all__ = ["Scan", "scan"]
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _MUTATORS = frozenset({"append", "extend", "insert", "pop", "popitem", "clear", "update", "setdefault", "add",
                        "discard", "remove", "sort", "reverse", "__setitem__", "__delitem__"})
-_FIRST_OK = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.With, ast.If, ast.While, ast.Expr)
+_FIRST_OK = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.With, ast.If, ast.While, ast.Expr,
+             ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, *((ast.Match,) if hasattr(ast, "Match") else ()))
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class Scan:
     assigned: tuple[str, ...]         # names the body binds, in source order
     free: frozenset[str]              # names it reads and never binds
     read_first: frozenset[str]        # names it reads before (or without) binding them
-    read_inside: frozenset[str]       # names whose item or attribute it reads (cache["h"], obj.value)
-    written: frozenset[str]           # names whose item or attribute it sets or whose method it calls
+    reads: frozenset[str]             # names of objects it does not bind and reads from (cache["h"], len(out))
+    written: frozenset[str]           # names of objects it does not bind and changes (out.append, cache["h"] = )
 
 
 def scan(tree: ast.Module, node: ast.With) -> Scan | None:
@@ -63,17 +65,11 @@ def scan(tree: ast.Module, node: ast.With) -> Scan | None:
         uses.visit(statement)
     assigned = tuple(dict.fromkeys(uses.stored))
     loaded = set(uses.loaded)
-    parents = _parents(tree)
-    around = _surroundings(node, parents)
-    if around is None:
+    if not _in_pure_block(node, _parents(tree)):
         return None
-    outer = _Uses()
-    for statement in around:
-        outer.visit(statement)
-    if set(outer.loaded) & set(assigned) or (set(outer.written) | set(outer.stored_inside)) & loaded:
-        return None
-    return Scan(assigned, frozenset(loaded - set(assigned)), frozenset(uses.first_loads),
-                frozenset(uses.read_inside), frozenset(uses.written))
+    own = set(assigned)
+    return Scan(assigned, frozenset(loaded - own), frozenset(uses.first_loads),
+                frozenset(set(uses.reads) - own), frozenset(set(uses.written) - own))
 
 
 def _first_ok(statement: ast.stmt) -> bool:
@@ -99,33 +95,26 @@ def _is_trace(node: ast.AST) -> bool:
         and item.context_expr.func.attr == "trace" for item in node.items)
 
 
-def _surroundings(node: ast.With, parents: dict[int, ast.AST]) -> list[ast.AST] | None:
-    """The code that may run while the trace block is open, besides the body: what follows the invoke up to the
-    end of its trace block (or of its function, when the block is elsewhere), every turn of a loop around it,
-    and the other invokes' ``with`` lines. ``None`` when a ``with`` or ``try`` lies between the two."""
-    found: list[ast.AST] = []
+def _in_pure_block(node: ast.With, parents: dict[int, ast.AST]) -> bool:
+    """Whether the invoke sits in a trace block of the same function that holds nothing but invokes, directly or
+    in ``for`` loops of nothing but invokes: then no code of the user's runs between the invokes' ``with`` lines
+    and the end of the block, where the bodies run, except the loops' own ``for`` lines."""
     child: ast.AST = node
     while True:
         parent = parents.get(id(child))
         if parent is None or isinstance(parent, _SCOPES):
-            break
+            return False
         if _is_trace(parent):
-            found.extend(parent.body[parent.body.index(child) + 1:])   # the block's code after the invoke
-            break
-        if isinstance(parent, (ast.With, ast.AsyncWith, ast.Try)) or type(parent).__name__ == "TryStar":
-            return None
-        if isinstance(parent, (ast.For, ast.While, ast.AsyncFor)):
-            found.extend(s for s in parent.body if s is not child)   # the other turns of the loop
-        else:
-            for field in ("body", "orelse", "finalbody"):
-                block = getattr(parent, field, None)
-                if isinstance(block, list) and child in block:
-                    found.extend(block[block.index(child) + 1:])
+            return len(parent.items) == 1 and all(_only_invokes(s) for s in parent.body)
+        if not (isinstance(parent, ast.For) and not parent.orelse):
+            return False
         child = parent
-    out: list[ast.AST] = []
-    for statement in found:           # another invoke's body is that invoke's; its `with` line runs here
-        out.extend([statement.items[0].context_expr] if _is_invoke(statement) else [statement])
-    return out
+
+
+def _only_invokes(statement: ast.stmt) -> bool:
+    if _is_invoke(statement):
+        return True
+    return isinstance(statement, ast.For) and not statement.orelse and all(_only_invokes(s) for s in statement.body)
 
 
 _parent_maps: dict[int, tuple[ast.Module, dict[int, ast.AST]]] = {}
@@ -143,23 +132,28 @@ def _parents(tree: ast.Module) -> dict[int, ast.AST]:
 
 
 class _Uses(ast.NodeVisitor):
-    """Names stored and loaded, in execution order where it matters (a value before its target)."""
+    """Names bound, loaded (in execution order where it matters: a value before its target), read from, and
+    changed through (an item or attribute set, a mutating method called)."""
 
     def __init__(self) -> None:
         self.stored: list[str] = []
         self.loaded: list[str] = []
         self.first_loads: list[str] = []
-        self.read_inside: list[str] = []
+        self.reads: list[str] = []
         self.written: list[str] = []
-        self.stored_inside: list[str] = []
+
+    def _load(self, name: str, read: bool = True) -> None:
+        if name not in self.stored and name not in self.loaded:
+            self.first_loads.append(name)
+        self.loaded.append(name)
+        if read:
+            self.reads.append(name)
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Store):
             self.stored.append(node.id)
         elif isinstance(node.ctx, ast.Load):
-            if node.id not in self.stored and node.id not in self.loaded:
-                self.first_loads.append(node.id)
-            self.loaded.append(node.id)
+            self._load(node.id)
 
     def visit_Assign(self, node: ast.Assign) -> None:
         self.visit(node.value)
@@ -174,7 +168,7 @@ class _Uses(ast.NodeVisitor):
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self.visit(node.value)
         if isinstance(node.target, ast.Name):
-            self.visit_Name(ast.Name(node.target.id, ast.Load()))
+            self._load(node.target.id)
         self.visit(node.target)
 
     def visit_For(self, node: ast.For) -> None:
@@ -187,36 +181,62 @@ class _Uses(ast.NodeVisitor):
         self.visit(node.value)
         self.visit(node.target)
 
-    def _inner(self, node: ast.Subscript | ast.Attribute) -> None:
-        base = node.value
+    def _chain(self, node: ast.Subscript | ast.Attribute) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.generic_visit(node)
+            return
+        base: ast.AST = node                     # x[i].y = v, del x[i]: x changes (and must exist)
         while isinstance(base, (ast.Subscript, ast.Attribute)):
+            if isinstance(base, ast.Subscript):
+                self.visit(base.slice)
             base = base.value
         if isinstance(base, ast.Name):
-            (self.stored_inside if isinstance(node.ctx, (ast.Store, ast.Del)) else self.read_inside).append(base.id)
-            if isinstance(node.ctx, (ast.Store, ast.Del)):
-                self.written.append(base.id)
-        self.generic_visit(node)
+            self._load(base.id, read=False)
+            self.written.append(base.id)
+        else:
+            self.visit(base)
 
-    visit_Subscript = visit_Attribute = _inner
+    visit_Subscript = visit_Attribute = _chain
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-            if func.attr in _MUTATORS or (func.attr.endswith("_") and not func.attr.startswith("_")):
-                self.written.append(func.value.id)       # cache.clear(), x.zero_(): the object changes
-            self.visit_Name(func.value)
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
+                func.attr in _MUTATORS or (func.attr.endswith("_") and not func.attr.startswith("_"))):
+            self._load(func.value.id, read=False)   # out.append(x), x.zero_(): the object changes
+            self.written.append(func.value.id)
             for arg in (*node.args, *node.keywords):
                 self.visit(arg)
             return
         self.generic_visit(node)
 
+    def _comprehension(self, node: ast.AST) -> None:
+        inner = _Uses()
+        for generator in node.generators:        # type: ignore[attr-defined]
+            inner.visit(generator.iter)
+            inner.visit(generator.target)
+            for condition in generator.ifs:
+                inner.visit(condition)
+        for field in ("elt", "key", "value"):
+            if hasattr(node, field):
+                inner.visit(getattr(node, field))
+        own = set(inner.stored)                  # its loop variables are its own (a scope of its own)
+        for name in inner.loaded:
+            if name not in own:
+                self._load(name, read=name in inner.reads)
+        self.written.extend(n for n in inner.written if n not in own)
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
     def _scope(self, node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for decorator in node.decorator_list:
+                self.visit(decorator)
             self.stored.append(node.name)
         # names a nested scope reads are read when it runs: count them as read here
         for child in ast.walk(node):
             if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load):
                 self.loaded.append(child.id)
+                self.reads.append(child.id)
 
     visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _scope
 

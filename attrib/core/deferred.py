@@ -1,17 +1,23 @@
 """The body of a ``with`` block, taken out to run later: how invokes of one trace run as one batch.
 
->>> import sys
+>>> import contextlib, sys
 >>> from attrib.core.deferred import defer_body
->>> class Later:
+>>> class Later:                                  # what an invoke does with its block
 ...     def __enter__(self):
 ...         Later.body = defer_body(sys._getframe(1))
 ...     def __exit__(self, *exc):
 ...         return Later.body is not None and Later.body.skipped(exc[1])
->>> def f():
-...     with Later():
-...         x = 40 + 2
+>>> class Model:
+...     def trace(self):
+...         return contextlib.nullcontext()
+...     def invoke(self):
+...         return Later()
+>>> def f(model):
+...     with model.trace():
+...         with model.invoke():
+...             x = 40 + 2
 ...     return "x" in locals()
->>> f(), Later.body.run({}), Later.body.assigned     # the block did not run in place; it runs when asked
+>>> f(Model()), Later.body.run({}), Later.body.assigned     # the block did not run in place; it runs when asked
 (False, {'x': 42}, ('x',))
 
 NNsight runs the bodies of a trace's invokes together, interleaved at each module, so that they share one

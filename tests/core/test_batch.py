@@ -161,7 +161,8 @@ def test_an_error_in_a_body_leaves_the_model_clean(lm, leakcheck):
         assert lm.output.logits.save().shape == (1, 4, 50)
 
 
-def test_plain_model_rows():
+def test_a_plain_models_invokes_run_one_forward_each():
+    """Which dimension of a module of the user's own is the batch is not known: no batching, same results."""
     torch.manual_seed(0)
     net = attrib.Model(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double())
     xs = [torch.randn(1, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)]
@@ -173,7 +174,7 @@ def test_plain_model_rows():
                 out = net.output
                 with out.sum().backward():
                     got.append((h.save(), h.grad.save()))
-    assert tracer.forwards == 1
+    assert tracer.forwards == 2
     for x, (h, g) in zip(xs, got):
         with net.trace(x):
             hh = net[1].output
