@@ -46,10 +46,6 @@ from .bodyscan import Scan, scan
 __all__ = ["Body", "defer_body", "write_back"]
 
 
-class _Skip(Exception):
-    """Raised at the first line of a deferred body; only its ``with`` statement's ``__exit__`` sees it."""
-
-
 class Body:
     """A ``with`` body compiled on its own, with the names its frame had when the block was entered."""
 
@@ -65,6 +61,8 @@ class Body:
             self.snapshot = {k: frame.f_globals[k] for k in _read_names(code) if k in frame.f_globals}
         self.frame: types.FrameType | None = frame   # where the names it binds are written back, then dropped
         self._frame: types.FrameType | None = frame
+        # raised at the body's first line, inside the ``with``: only its ``__exit__`` sees it (by identity)
+        self._token = RuntimeError("attrib: the body of an invoke, skipped here to run with the others")
         self._old_trace: Any = None
         self._old_local: Any = None
 
@@ -84,9 +82,11 @@ class Body:
         frame = self._frame
         self._old_trace, self._old_local = sys.gettrace(), frame.f_trace
 
+        token = self._token
+
         def at_line(fr: types.FrameType, event: str, arg: Any) -> Any:
             if event == "line":
-                raise _Skip
+                raise token
             return at_line
 
         sys.settrace(_quiet)             # line events reach frame.f_trace only while a trace function is set
@@ -102,7 +102,10 @@ class Body:
     def skipped(self, exc: BaseException | None) -> bool:
         """Called by the ``with`` statement's ``__exit__``: put tracing back; whether ``exc`` is the skip."""
         self.disarm()
-        return isinstance(exc, _Skip)
+        if exc is self._token:
+            exc.__traceback__ = None
+            return True
+        return False
 
 
 def _quiet(frame: types.FrameType, event: str, arg: Any) -> None:

@@ -191,9 +191,8 @@ class Invoker:
 
 def _joins(group: list[_Pending], p: _Pending) -> bool:
     """Whether ``p``'s body may share the forward of ``group``'s: not when it reads, before it could wait, a name
-    an earlier body binds, or reads from an object an earlier body changes (``cache["h"]``, ``len(out)``) — in a
-    shared forward
-    it would start before that value exists (NNsight raises NameError there); in its own, after."""
+    an earlier body binds, or reads from an object an earlier body changes (``cache["h"]``, ``len(out)``): in a
+    shared forward it would start before that value exists (NNsight raises NameError there); in its own, after."""
     facts = p.body.facts
     bound = {name for q in group for name in q.body.assigned}
     if (facts.free | facts.read_first) & bound:
