@@ -47,25 +47,26 @@ def contestants(model: attrib.LanguageModel, prompts: list[str], body: str = "gr
     if body == "edit":
         return edit_contestants(model, prompts, layer)
 
+    def gradient() -> torch.Tensor:
+        """In an open trace or invoke: the layer's gradient of the logit difference at the last position."""
+        h = layer.output
+        logits = model.output.logits
+        with (logits[0, -1, 7] - logits[0, -1, 9]).backward():
+            return h.grad.save()
+
     def invokes() -> list[torch.Tensor]:
         grads = []
         with model.trace() as tracer:
             for prompt in prompts:
                 with tracer.invoke(prompt):
-                    h = layer.output
-                    logits = model.output.logits
-                    with (logits[0, -1, 7] - logits[0, -1, 9]).backward():
-                        grads.append(h.grad.save())
+                    grads.append(gradient())
         return grads
 
     def per_prompt() -> list[torch.Tensor]:
         grads = []
         for prompt in prompts:
             with model.trace(prompt):
-                h = layer.output
-                logits = model.output.logits
-                with (logits[0, -1, 7] - logits[0, -1, 9]).backward():
-                    grads.append(h.grad.save())
+                grads.append(gradient())
         return grads
 
     def one_batch() -> list[torch.Tensor]:
@@ -82,21 +83,23 @@ def contestants(model: attrib.LanguageModel, prompts: list[str], body: str = "gr
 def edit_contestants(model: attrib.LanguageModel, prompts: list[str], layer) -> dict:
     """Forward only: zero the last position of the middle layer's output, save the last position's logits."""
 
+    def edited() -> torch.Tensor:
+        layer.output[:, -1] = 0
+        return model.output.logits[:, -1].detach().save()
+
     def invokes() -> list[torch.Tensor]:
         out = []
         with model.trace() as tracer:
             for prompt in prompts:
                 with tracer.invoke(prompt):
-                    layer.output[:, -1] = 0
-                    out.append(model.output.logits[:, -1].detach().save())
+                    out.append(edited())
         return out
 
     def per_prompt() -> list[torch.Tensor]:
         out = []
         for prompt in prompts:
             with model.trace(prompt):
-                layer.output[:, -1] = 0
-                out.append(model.output.logits[:, -1].detach().save())
+                out.append(edited())
         return out
 
     def one_batch() -> list[torch.Tensor]:

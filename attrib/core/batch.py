@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..errors import ValueEditError
+from .patches import original_grad
 from .switch import Coroutine
 
 if TYPE_CHECKING:
@@ -76,14 +77,9 @@ class Lens:
                     "a row per prompt.")
             return torch.cat([whole[: span.start], new, whole[span.stop:]], 0)
         if isinstance(whole, (tuple, list)) and isinstance(new, (tuple, list)) and len(whole) == len(new):
-            merged = [self.merge(w, n) for w, n in zip(whole, new)]
-            return type(whole)(merged) if type(whole) in (tuple, list) else type(whole)(*merged)
+            return _like(whole, [self.merge(w, n) for w, n in zip(whole, new)])
         if isinstance(whole, dict) and isinstance(new, dict):
-            out = dict(new)
-            for k, w in whole.items():
-                if k in new:
-                    out[k] = self.merge(w, new[k])
-            return type(whole)(**out) if type(whole) is not dict and _keyword_built(whole) else out
+            return _like(whole, {k: self.merge(whole[k], v) if k in whole else v for k, v in new.items()})
         return new
 
     def base_of(self, t: torch.Tensor) -> tuple[torch.Tensor, slice] | None:
@@ -92,8 +88,6 @@ class Lens:
 
     def keep_grads(self, kept: set[int], values: dict[int, torch.Tensor]) -> None:
         """After a backward: each view whose batch value got a ``.grad`` gets its rows of it."""
-        from .patches import original_grad
-
         for view, base, span in self._views.values():
             if id(base) in kept and values.get(id(base)) is base:
                 grad = original_grad.__get__(base)
@@ -106,8 +100,13 @@ class Lens:
         self.span = None
 
 
-def _keyword_built(value: Any) -> bool:
-    return hasattr(type(value), "__dataclass_fields__")
+def _like(value: Any, items: list | dict) -> Any:
+    """A container of ``value``'s type holding ``items``: a tuple, list or named tuple from a list; a dict or a
+    ModelOutput (a dataclass, built from keywords) from a dict."""
+    kind = type(value)
+    if isinstance(items, dict):
+        return kind(**items) if kind is not dict and hasattr(kind, "__dataclass_fields__") else items
+    return kind(items) if kind in (tuple, list) else kind(*items)
 
 
 def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
@@ -116,11 +115,9 @@ def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], depth: int = 0)
     if depth > 6:
         return value
     if isinstance(value, dict):
-        mapped = {k: _map(v, fn, depth + 1) for k, v in value.items()}
-        return type(value)(**mapped) if type(value) is not dict and _keyword_built(value) else mapped
+        return _like(value, {k: _map(v, fn, depth + 1) for k, v in value.items()})
     if isinstance(value, tuple):
-        items = [_map(v, fn, depth + 1) for v in value]
-        return tuple(items) if type(value) is tuple else type(value)(*items)
+        return _like(value, [_map(v, fn, depth + 1) for v in value])
     if isinstance(value, list):
         return [_map(v, fn, depth + 1) for v in value]
     return value

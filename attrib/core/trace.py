@@ -368,10 +368,12 @@ class Trace(Handoff):
                 f"{self.model._path_of(module)}.{kind} was assigned after the model ran past it "
                 f"({self._where()}); assign a module's value right after reading it, in execution order."
             )
-        if self.lens is not None:        # an invoke's rows, set into the batch's value
-            check_edit(f"{self.model._path_of(module)}.{kind}", self.lens.view(self._pick(key, kind)), value)
-            value = self.lens.merge(self._pick(key, kind), value)
-        check_edit(f"{self.model._path_of(module)}.{kind}", self._pick(key, kind), value)
+        path, old = f"{self.model._path_of(module)}.{kind}", self._pick(key, kind)
+        if self.lens is None:
+            check_edit(path, old, value)
+        else:                            # an invoke's rows, checked against its view and set into the batch's value
+            check_edit(path, self.lens.view(old), value)
+            value = self.lens.merge(old, value)
         if kind == "input":
             args, kwargs = self._values[key]
             if args:
