@@ -21,7 +21,9 @@ Goal: attribution >= 100x faster than activation patching on the demo model.
 ``--cases pairs`` (issue 14) times eight IOI pairs (``attrib.demo.ioi_pairs``; on CUDA random weights in
 SmolLM2-135M's shape, float32, and eight random pairs) two ways, each method: a loop of eight single-pair
 calls, and one call on the lists. Attribution patching scores every component at every position, activation
-patching every head at the last position. ``max |diff|`` compares the batch's per-pair scores with the loop's.
+patching every head at the last position, once as it runs by default (each patched row runs the last position
+only, on the receiving prompt's cached keys and values: ``attrib.methods.prefix``) and once with every position
+(``reuse_prefix=False``, the code before). ``max |diff|`` compares the batch's per-pair scores with the loop's.
 Goal: the batch >= 5x faster than the loop, equal results.
 
 ``--cases compiled`` (issue 10, the compiled fast path) times activation patching of every default component
@@ -118,9 +120,11 @@ def random_pairs(device: torch.device, n_tokens: int, n_pairs: int = 8) -> tuple
 
 def pairs_rows(name: str, build: Callable[[], tuple], device: torch.device, reps: int) -> list[dict]:
     model, clean, corrupted, answers, others = build()
-    rows = []
+    rows, batches = [], {}
     for method, fn, kw in (("attribution", attribution_patching, {}),
-                           ("activation", activation_patching, dict(components="heads", positions=-1))):
+                           ("activation", activation_patching, dict(components="heads", positions=-1)),
+                           ("activation, full forwards", activation_patching,
+                            dict(components="heads", positions=-1, reuse_prefix=False))):
         def loop() -> list:
             return [fn(model, clean[i:i + 1] if isinstance(clean, torch.Tensor) else clean[i],
                        corrupted[i:i + 1] if isinstance(corrupted, torch.Tensor) else corrupted[i],
@@ -142,9 +146,14 @@ def pairs_rows(name: str, build: Callable[[], tuple], device: torch.device, reps
                    for i, single in enumerate(outs["loop"]) for c in single.scores)
         scale = max(float(single.scores[c].abs().max()) for single in outs["loop"] for c in single.scores)
         loop_ms, batch_ms = statistics.median(timings["loop"]), statistics.median(timings["batch"])
+        batches[method] = outs["batch"]
         rows.append({"case": name, "method": method, "what": "every component × position" if not kw else
                      "every head, last position", "pairs": len(answers), "dtype": str(model.dtype).replace("torch.", ""),
                      "loop": loop_ms, "batch": batch_ms, "diff": diff, "scale": scale, "reps": n})
+    fast, full = batches["activation"], batches["activation, full forwards"]
+    gap = max(float((fast.per_pair[c] - full.per_pair[c]).abs().nan_to_num().max()) for c in fast.per_pair)
+    print(f"{name}: activation patching with the cached prefix against full forwards: max |diff| {gap:.1e}, "
+          f"prefix_reuse={fast.info['prefix_reuse']}", file=sys.stderr)
     return rows
 
 

@@ -68,29 +68,31 @@ from .planning import Remember, each_chunk
 from .compiled import options_of
 from .compiled_patching import check_patching_supported, patch_passes
 from . import atp_star as star
+from .prefix import Prefix, can_reuse, fill_cache, read_prefix
 from .pairs import COMPONENTS, DIRECTIONS, HEADED, Key, Pairs, ordered, prepare_pairs
 
 __all__ = ["attribution_patching", "activation_patching", "COMPONENTS", "DIRECTIONS"]
 
 
 def _collect(pairs: Pairs, inputs: Inputs, keys: Sequence[Key], items: torch.Tensor,
-             sites: Mapping[Key, Site] | None = None) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
-    """One no-grad forward of the rows ``items``: the values at ``keys`` (of ``sites``, by default the
-    components') and the metric (rows,)."""
+             sites: Mapping[Key, Site] | None = None, **extra: Any) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
+    """One no-grad forward of the rows ``items`` (with ``extra`` keyword arguments): the values at ``keys`` (of
+    ``sites``, by default the components') and the metric (rows,)."""
     model = pairs.model
     sites = pairs.sites if sites is None else sites
     args, kwargs = inputs.call(items.to(inputs.x.device))
+    kwargs.update(extra)
     with torch.no_grad(), model.trace(*args, **kwargs):
         values = {key: sites[key].read(model).save() for key in ordered(sites, keys)}
         metric = inputs.scores(model.output, items.to(inputs.x.device)).sum(-1).save()
     return values, metric.double().cpu()
 
 
-def _by_position(where: Site, value: torch.Tensor, inputs: Inputs) -> torch.Tensor:
-    """``value`` if it is (rows, positions, ...), else a clear error (a module that flattens positions)."""
-    if value.dim() < 3 or value.shape[1] != inputs.x.shape[1]:
+def _by_position(where: Site, value: torch.Tensor, width: int) -> torch.Tensor:
+    """``value`` if it is (rows, ``width`` positions, ...), else a clear error (a module that flattens positions)."""
+    if value.dim() < 3 or value.shape[1] != width:
         raise MethodError(f"{where.name} ({where.path}) has a value of shape {tuple(value.shape)}, not (rows, "
-                          f"{inputs.x.shape[1]} positions, ...): its module flattens the positions; pass "
+                          f"{width} positions, ...): its module flattens the positions; pass "
                           "'flat_mlp': True in component_map, or give another module.")
     return value
 
@@ -197,7 +199,7 @@ def _attribute(pairs: Pairs, items: torch.Tensor, component_map: Mapping[str, An
         first.write(model, first.read(model).detach().requires_grad_(True))
         acts = {key: sites[key].module_value(model).save() for key in ordered(sites, sites)}
         for key in pairs.sites:
-            _by_position(sites[key], sites[key].take(acts[key]), receiving)
+            _by_position(sites[key], sites[key].take(acts[key]), receiving.x.shape[1])
         m_recv = receiving.scores(model.output, rows).sum(-1).save()
     wanted = [k for k in acts if k[0] not in ("attn_out", "mlp_out")]
 
@@ -233,7 +235,8 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
                         components: Sequence[str] | str = COMPONENTS, direction: str = "denoise",
                         component_map: Mapping[str, Any] | None = None,
                         positions: int | Sequence[int] | None = None,
-                        batch_size: int | None = None, compile: Any = False) -> PatchingResult:
+                        batch_size: int | None = None, compile: Any = False,
+                        reuse_prefix: bool = True) -> PatchingResult:
     """Activation patching (Meng et al. 2022; the exact quantity that attribution patching estimates): for
     each component × layer × position (× head), metric(receiving run with that one activation taken from the
     other prompt) − metric(receiving run).
@@ -252,7 +255,10 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     :mod:`attrib.methods.planning`; an out-of-memory error halves it and retries); with lists of pairs the rows of every pair
     share the forwards. Same arguments and result as :func:`attribution_patching`. ``compile=True`` (or
     ``attrib.methods.compiled.CompileOptions(...)``) runs the patched forwards through ``torch.compile``
-    (:mod:`attrib.methods.compiled_patching`).
+    (:mod:`attrib.methods.compiled_patching`). ``reuse_prefix`` (default): in a causal language model scored by
+    ``target``, a forward whose patches all sit at position p or later runs positions p, p+1, … only, on the
+    receiving prompts' cached keys and values before p (:mod:`attrib.methods.prefix`; ``info["prefix_reuse"]``
+    says whether it ran); ``False`` runs every position.
     """
     batch_size = check_batch_size(batch_size)
     options = options_of(compile)
@@ -264,7 +270,10 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     source, receiving = pairs.source_receiving()
     everyone = torch.arange(pairs.n_pairs)
     sources, m_source = _collect(pairs, source, list(pairs.sites), everyone)
-    _, m_recv = _collect(pairs, receiving, [], everyone)
+    reuse = bool(reuse_prefix) and options is None and can_reuse(model, receiving)
+    extra, cache = fill_cache(model) if reuse else ({}, None)
+    _, m_recv = _collect(pairs, receiving, [], everyone, **extra)
+    prefix = read_prefix(model, cache, receiving, pairs.n_layers) if reuse else None
     rows: list[tuple[int, int, int, int, int, int]] = []   # (pair, component, layer, head or 0, input index, column)
     for c_id, c in enumerate(pairs.components):
         for layer in range(pairs.n_layers):
@@ -272,12 +281,15 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
                 for i, j in pairs.present.nonzero().tolist():
                     rows.append((i, c_id, layer, h, int(pairs.index[i, j]), j))
     plan = torch.tensor(rows, dtype=torch.long)
+    if prefix is not None:          # by patched position: a chunk then starts as late as its rows allow
+        plan = plan[torch.argsort(plan[:, 4], stable=True)]
     values = torch.empty(len(rows), dtype=torch.float64)
 
     def traced(part: torch.Tensor) -> torch.Tensor:
-        return _patched(pairs, receiving, sources, part)
+        return _patched(pairs, receiving, sources, part, prefix)
 
-    kind = ("activation patching",)
+    kind = ("activation patching",)     # (one plan with or without the prefix: rows sorted by position, the first
+    # passes it measures start at the earliest positions, as costly as full forwards; out-of-memory halves them)
     with (patch_passes(pairs, receiving, sources, options, _remember(pairs, kind), batch_size, traced, len(rows))
           if options is not None else contextlib.nullcontext(traced)) as patched:
         def run(chunk: torch.Tensor) -> None:
@@ -291,30 +303,37 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
         i, layer, h, j = plan[mine][:, [0, 2, 3, 5]].unbind(1)
         per_pair[c][(i, layer, h, j) if c in HEADED else (i, layer, j)] = values[mine]
     return pairs.result("activation_patching", per_pair, m_source, m_recv, _score_dtype(model), batch_size=size,
-                        forwards=n_forwards, **({"compile": True} if options is not None else {}))
+                        forwards=n_forwards, prefix_reuse=prefix is not None,
+                        **({"compile": True} if options is not None else {}))
 
 
-def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
+def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], chunk: torch.Tensor,
+             prefix: Prefix | None = None) -> torch.Tensor:
     """One batched forward of the receiving prompts, row r being pair ``chunk[r, 0]`` patched as the rest of
-    ``chunk[r]`` says; its metric (rows,)."""
+    ``chunk[r]`` says; its metric (rows,). With ``prefix``, the forward starts at the chunk's first patched
+    position, on the cached keys and values of the positions before it."""
     model = pairs.model
+    start = prefix.start(int(chunk[:, 4].min())) if prefix is not None else 0
     groups: dict[Key, torch.Tensor] = {}
     for c_id, layer in torch.unique(chunk[:, 1:3], dim=0).tolist():
         groups[(pairs.components[c_id], layer)] = torch.nonzero((chunk[:, 1] == c_id) & (chunk[:, 2] == layer)).flatten()
     items = chunk[:, 0].to(receiving.x.device)
-    args, kwargs = receiving.call(items)
+    args, kwargs = prefix.call(receiving, items, start) if start else receiving.call(items)
     with torch.no_grad(), model.trace(*args, **kwargs):
         for key in pairs.ordered(groups):
             where = pairs.sites[key]
-            new = _by_position(where, where.read(model), receiving).clone()
+            value = where.read(model)
+            # the run's positions from ``start`` on; keys read after the cache joined them hold every position
+            shift = 0 if value.dim() > 1 and value.shape[1] == receiving.x.shape[1] else start
+            new = _by_position(where, value, receiving.x.shape[1] - shift).clone()
             here = new.device                   # the site's own device (a dispatched model's layers differ)
             rows, source = groups[key].to(here), sources[key].to(device=here, dtype=new.dtype)
             pair, at = chunk[groups[key], 0].to(here), chunk[groups[key], 4].to(here)
             if key[0] in HEADED:
                 heads = chunk[groups[key], 3].to(here)
-                new[rows, at, heads] = source[pair, at, heads]
+                new[rows, at - shift, heads] = source[pair, at, heads]
             else:
-                new[rows, at] = source[pair, at]
+                new[rows, at - shift] = source[pair, at]
             where.write(model, new)
         out = receiving.scores(model.output, items).sum(-1).save()
     return out.double().cpu()

@@ -24,7 +24,9 @@ How ``batch_size=None`` chooses (every batched method runs its rows through here
    (caches), so a CPU keeps doubling the rows from the probes, within the memory bound, until two doublings
    in a row fail to raise rows per second by 5%, and stays at the fastest size found (the largest of those
    within 5% of the fastest: a tie on a busy machine, and fewer passes). The search goes on
-   across calls with the same key (a call too short for the next size runs all its rows in one pass).
+   across calls with the same key (a call too short for the next size runs all its rows in one pass; the same
+   whole call twice ends it, until a call with more rows than that size comes: a loop of one-pair calls then
+   does not hold a call on eight pairs to one pair a pass).
 4. The plan is kept per model and kind of work (the ``remember`` key): a later call with the same key
    skips the probes and plans from the memory free then.
 5. A language model's rows differ in length from call to call (``remember=(module, key, tokens)``: the key
@@ -88,6 +90,7 @@ class Cost:
     tried: dict[int, float] = field(default_factory=dict)   # CPU, still growing: rows × tokens -> tokens/s
     next: int | None = None             # CPU, still growing: the rows × tokens to try next (also in the next call)
     cap: tuple[int, int] | None = None  # (rows, tokens) halved after running out of memory: plan no more
+    cut: bool = False                   # CPU: ``best`` ended the search only because the calls were too short
 
     @property
     def measured(self) -> bool:
@@ -145,11 +148,20 @@ class Planner:
         self.cost = Cost(tokens=self.tokens)
         if batch_size is None and remember is not None:
             self.cost = _plans.setdefault(remember[0], {}).setdefault(remember[1], self.cost)
+            self._reopen()
         # rows much longer than the plan's: measured again (module docstring, 5)
         self.longer = self.cost.measured and self.tokens > RESCALE * self.cost.tokens
         self.can_measure = True
         self.points: list[tuple[int, dict[str, int]]] = []     # (rows, peak bytes per device) of the probes
         self.size = self._first()
+
+    def _reopen(self) -> None:
+        """A CPU search that short calls ended (the same whole call twice) goes on in a call with more work than
+        its size: a loop of one-pair calls must not hold a later call of eight pairs to one pair a pass."""
+        cost = self.cost
+        if cost.cut and cost.best is not None and self.total * self.tokens > cost.best:
+            cost.best, cost.cut = None, False
+            cost.next = 2 * max(cost.tried)
 
     @property
     def _cpu_like(self) -> bool:
@@ -247,8 +259,9 @@ class Planner:
         if rows < self.size:
             if rows < self.total:       # a run's last, shorter pass says nothing about the size
                 return
-            if work in tried:           # the same whole call again: settle
+            if work in tried:           # the same whole call again: settle (until a call with more work)
                 self._settle()
+                self.cost.cut = True
                 return
         tried[work] = max(tried.get(work, 0.0), work / max(seconds, 1e-9))   # a busy machine only slows
         misses, fastest, step = 0, 0.0, 0

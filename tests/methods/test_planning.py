@@ -391,3 +391,30 @@ def test_two_ig_calls_of_different_lengths_measure_once(monkeypatch):
     assert len(meters) == 2 and len(first) == len(second) == 2
     (key, cost), = planning._plans[model.module].items()
     assert key[0] == "ig" and cost.tokens == 8
+
+
+def test_a_search_short_calls_ended_goes_on_in_a_larger_call(free):
+    """One-row calls settle the CPU search on one row (the same whole call twice); a later call of 64 rows, whose
+    larger passes pay, goes on doubling instead of running 64 passes of one row, and settles by speed."""
+    free(100 * GIB)
+    module = torch.nn.Linear(1, 1)
+    for _ in range(2):
+        assert simulate(Planner(1, None, CPU, (module, "k", 14)), 1, 0.0, 1e6, seconds=lambda n: 1.0) == [1]
+    cost = planning._plans[module]["k"]
+    assert cost.best == 14 and cost.cut
+    rate = {1: 1, 2: 2, 4: 4, 8: 7, 16: 7.1, 32: 7.2, 64: 7.0}
+    sizes = simulate(Planner(64, None, CPU, (module, "k", 14)), 64, 0.0, 1e6, seconds=lambda n: n / rate.get(n, 1))
+    assert sizes[:3] == [2, 4, 8] and len(sizes) < 16
+    assert simulate(Planner(1, None, CPU, (module, "k", 14)), 1, 0.0, 1e6) == [1]   # short calls: all rows at once
+    big = [simulate(Planner(64, None, CPU, (module, "k", 14)), 64, 0.0, 1e6, seconds=lambda n: n / rate.get(n, 1))
+           for _ in range(3)][-1]
+    assert max(big) >= 8 and cost.best is not None and cost.best >= 8 * 14
+
+
+def test_the_same_short_call_keeps_its_plan(free):
+    """A call no larger than the size short calls settled on does not reopen the search."""
+    free(100 * GIB)
+    module = torch.nn.Linear(1, 1)
+    for _ in range(3):
+        assert simulate(Planner(3, None, CPU, (module, "k", 8)), 3, 0.0, 1e6, seconds=lambda n: 1.0) == [3]
+    assert Planner(2, None, CPU, (module, "k", 8)).settled and Planner(3, None, CPU, (module, "k", 8)).settled

@@ -9,7 +9,6 @@ import logging
 import pytest
 import torch
 import transformers
-from captum.attr import LayerIntegratedGradients
 
 import attrib
 from attrib.models.sites import first_tensor, head_outputs, replace_first, site
@@ -89,6 +88,8 @@ def test_the_family_is_found_by_its_model_type(family):
 
 
 def test_ig_equals_captum_layer_ig_on_the_embeddings(family):
+    from captum.attr import LayerIntegratedGradients   # (here: other test files import this one's models)
+
     name, hf, model = family
     embedding = hf.get_submodule(site(model, "embed").path)
     ref = LayerIntegratedGradients(forward_fn(hf, name), embedding).attribute(
