@@ -270,7 +270,9 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     source, receiving = pairs.source_receiving()
     everyone = torch.arange(pairs.n_pairs)
     sources, m_source = _collect(pairs, source, list(pairs.sites), everyone)
-    reuse = bool(reuse_prefix) and options is None and can_reuse(model, receiving)
+    layers = [model.module.get_submodule(site(model, f"resid_post.{layer}", component_map).path)
+              for layer in range(pairs.n_layers)] if reuse_prefix and options is None else []
+    reuse = bool(layers) and can_reuse(model, receiving, layers)
     extra, cache = fill_cache(model) if reuse else ({}, None)
     _, m_recv = _collect(pairs, receiving, [], everyone, **extra)
     prefix = read_prefix(model, cache, receiving, pairs.n_layers) if reuse else None
@@ -288,8 +290,9 @@ def activation_patching(model: Model, clean: Any, corrupted: Any, *, target: Any
     def traced(part: torch.Tensor) -> torch.Tensor:
         return _patched(pairs, receiving, sources, part, prefix)
 
-    kind = ("activation patching",)     # (one plan with or without the prefix: rows sorted by position, the first
-    # passes it measures start at the earliest positions, as costly as full forwards; out-of-memory halves them)
+    # with the prefix every pass holds a cache of all positions (an empty one where it starts at 0), so the first
+    # passes, which start earliest, measure the most a row takes: their own plan
+    kind = ("activation patching", "prefix") if prefix is not None else ("activation patching",)
     with (patch_passes(pairs, receiving, sources, options, _remember(pairs, kind), batch_size, traced, len(rows))
           if options is not None else contextlib.nullcontext(traced)) as patched:
         def run(chunk: torch.Tensor) -> None:
@@ -313,27 +316,36 @@ def _patched(pairs: Pairs, receiving: Inputs, sources: dict[Key, torch.Tensor], 
     ``chunk[r]`` says; its metric (rows,). With ``prefix``, the forward starts at the chunk's first patched
     position, on the cached keys and values of the positions before it."""
     model = pairs.model
-    start = prefix.start(int(chunk[:, 4].min())) if prefix is not None else 0
+    start = prefix.start(int(chunk[:, 4].min())) if prefix is not None else None
     groups: dict[Key, torch.Tensor] = {}
     for c_id, layer in torch.unique(chunk[:, 1:3], dim=0).tolist():
         groups[(pairs.components[c_id], layer)] = torch.nonzero((chunk[:, 1] == c_id) & (chunk[:, 2] == layer)).flatten()
+    keys = pairs.ordered(groups)
+    # (row, pair, position, head) of every patch, by site: copied to a device once per pass (a copy from pageable
+    # memory waits for the GPU's queue, and one per site and index made the batch wait for its kernels 120 times)
+    rows = torch.cat([groups[key] for key in keys])
+    table = torch.stack([rows, chunk[rows, 0], chunk[rows, 4], chunk[rows, 3]], 1)
+    sizes = [len(groups[key]) for key in keys]
+    copies: dict[torch.device, list[torch.Tensor]] = {}
     items = chunk[:, 0].to(receiving.x.device)
-    args, kwargs = prefix.call(receiving, items, start) if start else receiving.call(items)
+    args, kwargs = prefix.call(receiving, items, start) if prefix is not None else receiving.call(items)
+    start = start or 0
     with torch.no_grad(), model.trace(*args, **kwargs):
-        for key in pairs.ordered(groups):
+        for i, key in enumerate(keys):
             where = pairs.sites[key]
             value = where.read(model)
             # the run's positions from ``start`` on; keys read after the cache joined them hold every position
             shift = 0 if value.dim() > 1 and value.shape[1] == receiving.x.shape[1] else start
             new = _by_position(where, value, receiving.x.shape[1] - shift).clone()
             here = new.device                   # the site's own device (a dispatched model's layers differ)
-            rows, source = groups[key].to(here), sources[key].to(device=here, dtype=new.dtype)
-            pair, at = chunk[groups[key], 0].to(here), chunk[groups[key], 4].to(here)
+            if here not in copies:
+                copies[here] = list(table.to(here).split(sizes))
+            row, pair, at, head = copies[here][i].unbind(1)
+            source = sources[key].to(device=here, dtype=new.dtype)
             if key[0] in HEADED:
-                heads = chunk[groups[key], 3].to(here)
-                new[rows, at - shift, heads] = source[pair, at, heads]
+                new[row, at - shift, head] = source[pair, at, head]
             else:
-                new[rows, at - shift] = source[pair, at]
+                new[row, at - shift] = source[pair, at]
             where.write(model, new)
         out = receiving.scores(model.output, items).sum(-1).save()
     return out.double().cpu()

@@ -19,8 +19,10 @@ with the keys and values of positions < p taken from the receiving run the metho
 made with a key-value cache as generation makes one. A patch at the last of 14 positions then costs one
 position's forward instead of fourteen.
 
-Used where it is exact and the model allows it: a decoder-only :class:`~attrib.LanguageModel` on one device whose
-forward takes a key-value cache (``cache`` from transformers 5.24 on, ``past_key_values`` before), with every
+Used where it is exact and the model allows it: a decoder-only :class:`~attrib.LanguageModel` of transformers' own
+classes on one device, each of whose layers' attention modules says ``is_causal`` (not
+``use_bidirectional_attention``, not an encoder's ``ForCausalLM`` head without ``is_decoder``), whose forward
+takes a key-value cache (``cache`` from transformers 5.24 on, ``past_key_values`` before), with every
 attention window covering the prompt (no sliding window shorter than it, no chunked or linear attention), scored
 by ``target``/``contrast`` (which read the last positions' logits; a ``metric=`` callable may read any
 position's logits, so it gets every position), and not compiled. The cache filled must hold one key and one value
@@ -31,7 +33,7 @@ tensor per layer of the layout, (pairs, heads, positions, head size); anything e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -61,7 +63,9 @@ class Prefix:
 
     def call(self, inputs: Inputs, items: torch.Tensor, start: int) -> tuple[tuple, dict]:
         """The forward's arguments for rows copying ``items`` from position ``start`` on, on a cache of the
-        positions before it."""
+        positions before it. Every pass fills a cache, also from 0: the first passes, which the planner measures,
+        start earliest, and their memory then bounds that of the later passes (whose caches hold every position,
+        and whose activations hold fewer)."""
         args, kwargs = inputs.call(items)
         out: dict[str, Any] = {}
         for key, value in kwargs.items():
@@ -71,27 +75,34 @@ class Prefix:
         keep = out.get("logits_to_keep")
         if isinstance(keep, torch.Tensor):
             out["logits_to_keep"] = keep - start
-        cache = _empty()
-        for layer, (keys, values) in enumerate(self.layers):
+        cache = _empty()        # from 0: empty, so that the pass holds what later passes' caches hold (its memory
+        for layer, (keys, values) in enumerate(self.layers if start else ()):   # measured bounds theirs)
             rows = items.to(keys.device)
             cache.update(keys[rows, :, :start], values[rows, :, :start], layer)
         out[self.argument], out["use_cache"] = cache, True
         return args, out
 
 
-def can_reuse(model: Model, inputs: Inputs) -> bool:
-    """Whether the receiving run of ``inputs`` can be cut at a patch position (see the module's docstring)."""
+def can_reuse(model: Model, inputs: Inputs, layers: Sequence[torch.nn.Module]) -> bool:
+    """Whether the receiving run of ``inputs`` can be cut at a patch position (see the module's docstring);
+    ``layers``: the model's layers, whose attention must be causal."""
     if not isinstance(model, LanguageModel) or model.is_encoder_decoder or is_dispatched(model.module):
         return False
     if inputs.targets[0].metric is not None or inputs.x.dim() < 2:
         return False
     module = model.module
+    if not type(module).__module__.startswith("transformers."):
+        return False                  # remote code: its forward may take a cache of its own (legacy tuples)
     if cache_argument(module) is None or not accepts(module, "use_cache"):
+        return False
+    if not all(_causal(layer) for layer in layers) or not layers:
         return False
     config = getattr(module, "config", None)
     if config is None:
         return False
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(config, "use_bidirectional_attention", False):
+        return False
     width = inputs.x.shape[1]
     window = getattr(config, "sliding_window", None)
     short = isinstance(window, int) and window < width
@@ -106,6 +117,13 @@ def can_reuse(model: Model, inputs: Inputs) -> bool:
     if getattr(config, "attention_chunk_size", None):
         return False
     return True
+
+
+def _causal(layer: torch.nn.Module) -> bool:
+    """Whether every attention of ``layer`` says it is causal (transformers' ``is_causal`` attribute; a layer
+    without one is taken as not causal: a patch could then change earlier positions)."""
+    flags = [m.is_causal for m in layer.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return bool(flags) and all(flags)
 
 
 def cache_argument(module: torch.nn.Module) -> str | None:

@@ -68,7 +68,7 @@ def test_planned_passes_measure_eagerly_then_compile(models, monkeypatch):
     from attrib.methods import compiled_patching
     model = models["gpt2"]
     kw = dict(target="w7", components=("resid", "attn"))
-    ref = attrib.activation_patching(model, "w3 w14 w15", "w3 w20 w15", **kw)
+    ref = attrib.activation_patching(model, "w3 w14 w15", "w3 w20 w15", reuse_prefix=False, **kw)   # its plan
     ran = []
     original = compiled_patching._PatchPasses._pass
     monkeypatch.setattr(compiled_patching._PatchPasses, "_pass", lambda self, chunk, planned: ran.append(len(chunk))
@@ -127,8 +127,9 @@ def test_gpu_float32_smollm2_shape():
     corrupted = clean.clone()
     corrupted[0, 2] = 777
     kw = dict(target=42, contrast=43, components=("resid", "attn", "mlp", "heads"))
-    ref = attrib.activation_patching(model, clean, corrupted, **kw)              # settles the plan
-    ref = attrib.activation_patching(model, clean, corrupted, **kw)
+    kw_full = dict(kw, reuse_prefix=False)      # every position, as the compiled passes (the prefix has its own plan)
+    ref = attrib.activation_patching(model, clean, corrupted, **kw_full)         # settles the plan
+    ref = attrib.activation_patching(model, clean, corrupted, **kw_full)
     got = attrib.activation_patching(model, clean, corrupted, compile=True, **kw)
     assert any(b[-1] == "patching" for b in compiled_buckets(model.module))
     assert_same(got, ref, tol=1e-3)

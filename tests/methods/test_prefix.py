@@ -12,6 +12,7 @@ import transformers
 
 import attrib
 from attrib.methods.patching import activation_patching
+from attrib.methods.prefix import cache_argument
 from tests.models.test_layouts import FAMILIES, SMALL
 
 CAUSAL = sorted(set(FAMILIES) - {"bert", "t5"})
@@ -63,11 +64,12 @@ def test_forwards_start_at_the_first_patched_position():
     model = _model("llama")
     widths, handle = _seen_widths(model)
     try:
-        activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="heads", positions=-1)
+        activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="heads", positions=-1,
+                            batch_size=8)
         fast = list(widths)
         widths.clear()
         activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="heads", positions=-1,
-                            reuse_prefix=False)
+                            reuse_prefix=False, batch_size=8)
         full = list(widths)
         widths.clear()
         activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="resid", batch_size=6)
@@ -77,7 +79,7 @@ def test_forwards_start_at_the_first_patched_position():
     # both prompts' embeddings, the source run, the receiving run (which fills the cache), then the patched rows:
     # one position each
     assert fast[:4] == [6] * 4 and fast[4:] and set(fast[4:]) == {1}
-    assert set(full) == {6} and len(full) == len(fast)
+    assert set(full) == {6} and len(full) == len(fast) == 4 + 3      # 3 pairs × 2 layers × 4 heads, 8 a pass
     # every position of three pairs × 2 layers, in chunks of 6 rows sorted by position: later chunks are shorter
     patched = chunks[4:]
     assert patched == sorted(patched, reverse=True) and patched[0] == 6 and patched[-1] == 1
@@ -113,6 +115,60 @@ def test_metric_callable_runs_every_position():
     assert result.scores["resid"][:, :3].abs().max() > 1e-6
 
 
+BIDIRECTIONAL = {
+    "gemma": lambda: transformers.GemmaConfig(**{**SMALL, "num_hidden_layers": 3}, head_dim=8,
+                                              use_bidirectional_attention=True),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**{**SMALL, "num_hidden_layers": 3}, head_dim=8,
+                                                    use_bidirectional_attention=True),
+    "roberta": lambda: transformers.RobertaConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=64,
+                                                  num_attention_heads=4, vocab_size=60, max_position_embeddings=70,
+                                                  pad_token_id=0),        # a ForCausalLM head, is_decoder=False
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIDIRECTIONAL))
+def test_models_that_attend_both_ways_run_every_position(name):
+    """A patch changes earlier positions there (checked on the model), so the prefix is not reused, and the scores
+    are those of full forwards."""
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(BIDIRECTIONAL[name]()).double().eval()
+    first = [hf(torch.tensor([[3, 14, 15, ids]])).logits[0, 0] for ids in (9, 40)]
+    assert (first[0] - first[1]).abs().max() > 1e-6            # position 0 sees position 3
+    model = attrib.LanguageModel(hf)
+    kw = dict(target=TARGETS, contrast=CONTRASTS, components=("resid",), batch_size=5)
+    got = activation_patching(model, CLEAN, CORRUPTED, **kw)
+    full = activation_patching(model, CLEAN, CORRUPTED, reuse_prefix=False, **kw)
+    assert got.info["prefix_reuse"] is False
+    close(got.per_pair["resid"], full.per_pair["resid"])
+
+
+def test_remote_code_models_run_every_position():
+    """A model class outside transformers (remote code) may take a cache of its own form: no cache is passed."""
+    torch.manual_seed(0)
+    base = FAMILIES["llama"]().double().eval()
+    remote = type("RemoteLlama", (type(base),), {"__module__": "transformers_modules.someone.model"})
+    base.__class__ = remote
+    got = activation_patching(attrib.LanguageModel(base), CLEAN, CORRUPTED, target=TARGETS, components="resid")
+    assert got.info["prefix_reuse"] is False
+
+
+def test_every_pass_holds_a_cache_so_the_first_measures_the_most():
+    """Passes that start at 0 fill an empty cache: the planner's first (measured) passes hold every position's keys
+    and values, as the later passes' caches do."""
+    model = _model("llama")
+    seen = []
+    handle = model.module.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["input_ids"].shape[1], kwargs.get(cache_argument(m)))),
+        with_kwargs=True)
+    try:
+        activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="resid", batch_size=6)
+    finally:
+        handle.remove()
+    patched = seen[2:]                                         # after the source and the receiving run
+    assert patched[0][0] == 6 and patched[-1][0] == 1
+    assert all(cache is not None for _, cache in patched)
+
+
 def test_short_sliding_window_turns_it_off():
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(transformers.MistralConfig(**SMALL, sliding_window=3))
@@ -125,7 +181,7 @@ def test_short_sliding_window_turns_it_off():
     assert activation_patching(model, CLEAN, CORRUPTED, target=TARGETS, components="resid").info["prefix_reuse"]
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", CAUSAL)
 def test_rotated_queries_keys_and_patterns(name, leakcheck):
     """Sites read through attention probes (queries and keys after rotary embeddings, the pattern) see the suffix's
     queries against every key, and patch them to the same scores."""
