@@ -106,6 +106,19 @@ class LanguageModel(Model):
         return 0
 
     @property
+    def position_offset(self) -> int:
+        """Where a sequence's first position id lies: 0, or ``padding_idx + 1`` for position tables that keep a row
+        for padding (RoBERTa, XLM-R and other fairseq-born models count their positions from there, and take the
+        ids they are given as they are)."""
+        cached = self.__dict__.get("_position_offset")
+        if cached is None:
+            cached = next((int(sub.padding_idx) + 1 for name, sub in self._module.named_modules()
+                           if name.endswith("position_embeddings") and isinstance(sub, torch.nn.Embedding)
+                           and sub.padding_idx is not None), 0)
+            object.__setattr__(self, "_position_offset", cached)
+        return cached
+
+    @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(getattr(self.module, "config", None), "is_encoder_decoder", False))
 
@@ -198,7 +211,7 @@ class LanguageModel(Model):
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
             if not bool(attention_mask.all()) and accepts(module, "position_ids"):
-                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
         if keep is not None and accepts(module, "logits_to_keep"):
             # the last positions as a tensor of indices where the model takes one: its hidden states are then
             # gathered into a contiguous (rows, keep, d) block, while the int's slice is a strided view that

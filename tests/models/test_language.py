@@ -122,3 +122,24 @@ def test_the_signature_cache_keeps_no_module_alive():
     del module, forward
     gc.collect()
     assert ref() is None
+
+
+def test_left_padded_rows_of_a_fairseq_position_table_equal_each_row_alone():
+    """RoBERTa-style position tables keep a row for padding and count real positions from padding_idx + 1; the
+    position ids of a left-padded batch start there too (0-based ids gave a padded row other logits than alone)."""
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(is_decoder=True, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                        num_attention_heads=4, vocab_size=60, max_position_embeddings=70,
+                                        pad_token_id=0)
+    model = attrib.LanguageModel(transformers.RobertaForCausalLM(config).double().eval())
+    assert model.position_offset == 1
+    rows = [[3, 14, 15, 9, 26, 5], [12, 13, 26, 5]]
+    with torch.no_grad(), model.trace(rows):
+        batch = model.output.logits[:, -1].save()
+    for i, row in enumerate(rows):
+        with torch.no_grad(), model.trace(torch.tensor([row])):
+            alone = model.output.logits[:, -1].save()
+        assert torch.allclose(batch[i], alone[0], atol=1e-12), i
+    gpt2 = attrib.LanguageModel(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2,
+                                                                                     vocab_size=20)))
+    assert gpt2.position_offset == 0
