@@ -134,10 +134,11 @@ def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
 
 
-def concat_inputs(prepared: list[tuple[tuple, dict]], plain: bool = False) -> tuple[tuple, dict] | None:
+def concat_inputs(prepared: list[tuple[tuple, dict]], plain: bool = False, offset: int = 0) -> tuple[tuple, dict] | None:
     """The invokes' inputs as one batch, or ``None`` when they cannot share one forward exactly (other
     lengths, shapes, dtypes, keywords or non-tensor arguments). ``plain``: inputs of a module of the user's own
-    (not a language model's token ids), whose batch dimension is not known: not batched."""
+    (not a language model's token ids), whose batch dimension is not known: not batched. ``offset``: the model's
+    first position id (``LanguageModel.position_offset``)."""
     first_args, first_kwargs = prepared[0]
     if rows_of(first_args, first_kwargs) is None:
         return None
@@ -147,9 +148,9 @@ def concat_inputs(prepared: list[tuple[tuple, dict]], plain: bool = False) -> tu
     if all("attention_mask" in kw for kw in kwarg_sets) and any("position_ids" in kw for kw in kwarg_sets):
         for kw in kwarg_sets:             # an unpadded prompt's positions, written out like a padded one's
             if "position_ids" not in kw and isinstance(kw["attention_mask"], torch.Tensor):
-                kw["position_ids"] = (kw["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+                kw["position_ids"] = (kw["attention_mask"].long().cumsum(-1) - 1).clamp(min=0) + offset
     keys = list(kwarg_sets[0])
-    if any(list(kw) != keys or len(a) != len(first_args) for (a, _), kw in zip(prepared, kwarg_sets)):
+    if any(set(kw) != set(keys) or len(a) != len(first_args) for (a, _), kw in zip(prepared, kwarg_sets)):
         return None
     if any(rows_of(a, kw) is None for (a, _), kw in zip(prepared, kwarg_sets)):
         return None

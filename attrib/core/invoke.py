@@ -120,11 +120,12 @@ class Invoker:
             # dropout and batch norm in training mode mix or draw per batch: each invoke keeps its own forward
             batchable = not any(m.training and isinstance(m, _PER_BATCH) for m in model.module.modules())
             plain = not hasattr(model, "tokenizer")
+            offset = getattr(model, "position_offset", 0)
             start = 0
             while start < len(pending):
                 stop = start + 1
                 while stop < len(pending) and batchable and _joins(pending[start:stop], pending[stop]) and \
-                        concat_inputs(prepared[start:stop + 1], plain) is not None:
+                        concat_inputs(prepared[start:stop + 1], plain, offset) is not None:
                     stop += 1
                 self._run_group(pending[start:stop], prepared[start:stop])
                 start = stop
@@ -144,7 +145,7 @@ class Invoker:
                 finally:
                     self._after(group[0])
             return
-        args, kwargs = concat_inputs(prepared)
+        args, kwargs = concat_inputs(prepared, offset=getattr(self.model, "position_offset", 0))
         spans, start = [], 0
         for a, kw in prepared:
             n = rows_of(a, kw)

@@ -215,6 +215,7 @@ class _Passes:
                               f"inputs also carry {extra}; pass them without those, or leave compile out.")
         self.keep = {k: kwargs[k] for k in ("logits_to_keep", "use_cache") if k in kwargs}
         self.positions = accepts(hf, "position_ids")
+        self.offset = getattr(prep.model, "position_offset", 0)     # RoBERTa-style tables count from padding_idx + 1
         self.padded = not bool(self.mask.all())
 
     def _planned(self, rows: int) -> int | None:
@@ -257,7 +258,7 @@ class _Passes:
         if masked:                   # as LanguageModel.call_kwargs: the mask, and positions from each row's first token
             call["attention_mask"] = mask
             if self.positions:
-                call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+                call["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0) + self.offset
         plain = compiled and self._plain_attention(points.shape[1], points.dtype)
         with torch.enable_grad(), (attention(hf, "eager") if plain else contextlib.nullcontext()):
             mode = self._mode(len(items), points.shape[1])

@@ -306,3 +306,26 @@ def test_a_plain_model_with_a_second_tensor_argument_is_not_batched():
     assert tracer.forwards == 2
     for x, out in zip(xs, got):
         torch.testing.assert_close(out, x * w, **TOL)
+
+
+def test_a_padded_and_an_unpadded_invoke_of_a_roberta_style_model_equal_their_own_traces():
+    """The unpadded invoke's position ids are written out as the padded one's are, from padding_idx + 1 on a
+    RoBERTa-style position table (from 0 they gave its row other logits than its own trace)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(is_decoder=True, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                        num_attention_heads=4, vocab_size=60, max_position_embeddings=70,
+                                        pad_token_id=0)
+    lm = attrib.LanguageModel(transformers.RobertaForCausalLM(config).double().eval())
+    padded, alone = [[3, 14, 15, 9], [12, 13]], [[7, 8, 2, 5]]
+    with lm.trace() as tracer:
+        with tracer.invoke(padded):
+            a = lm.output.logits[:, -1].save()
+        with tracer.invoke(alone):
+            b = lm.output.logits[:, -1].save()
+    assert tracer.forwards == 1
+    for got, prompt in ((a, padded), (b, alone)):
+        with lm.trace(prompt):
+            want = lm.output.logits[:, -1].save()
+        torch.testing.assert_close(got, want, **TOL)
