@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import CompiledModuleError, InputError, NeverRanError, NotInTraceError, OutOfOrderError
+from ..errors import InputError, NeverRanError, NotInTraceError, OutOfOrderError
 from .backward import BackwardContext
+from .forward_errors import failed_forward, refuse_compiled
 from .handoff import Handoff
 from .order import OrderBook, event_of
 from .patches import BACKWARD, SAVE
@@ -84,37 +85,10 @@ class Trace(Handoff):
         try:
             return self.model.module(*self.args, **self.kwargs)
         except Exception as err:
-            mixed = self._mixed_dtype(err)
-            if mixed is not None:
-                raise mixed from err
-            compiled = self._compiled_submodule() if type(err).__module__.startswith("torch._dynamo") else None
-            if compiled is None:
+            better = failed_forward(self.model, self.args, self.kwargs, err)
+            if better is None:
                 raise
-            raise CompiledModuleError(
-                f"{compiled} was compiled with torch.compile, and compiled code cannot pause mid-forward to hand "
-                "over its values; trace the model as it was before compiling (compile a copy for plain runs, or "
-                "wrap the module's `_orig_mod`)."
-            ) from None
-
-    def _mixed_dtype(self, err: Exception) -> InputError | None:
-        """When the forward failed on a dtype mismatch and an input's float dtype is not the model's: say so."""
-        if not isinstance(err, RuntimeError) or "dtype" not in str(err) and "scalar type" not in str(err):
-            return None
-        dtype = self.model.dtype
-        for t in tensors_in((self.args, self.kwargs)):
-            if t.is_floating_point() and t.dtype != dtype:
-                return InputError(
-                    f"an input tensor of shape {tuple(t.shape)} is {t.dtype}, but the model's parameters are {dtype}, "
-                    f"and the forward failed on it ({str(err).splitlines()[0][:80]}); convert it with .to({dtype})."
-                )
-        return None
-
-    def _compiled_submodule(self) -> str | None:
-        """The path of a module compiled in place (``module.compile()``) or replaced by ``torch.compile(...)``."""
-        for name, m in self.model.module.named_modules():
-            if getattr(m, "_compiled_call_impl", None) is not None or type(m).__name__ == "OptimizedModule":
-                return self.model._path_of(m) if name else "the model"
-        return None
+            raise better[0] from (err if better[1] else None)
 
     def _finished(self) -> None:
         book = self._book
@@ -253,21 +227,8 @@ class Trace(Handoff):
         for m in containers if running is None else running:
             self._wrap(m)
 
-    def _refuse_compiled(self, module: torch.nn.Module, kind: str) -> None:
-        """Refuse a read whose pause would fall inside compiled code (``module.compile()`` on it or on a module
-        around it, or a ``torch.compile``'d module around it): a greenlet switch there breaks dynamo."""
-        chain = self.model._chain(module)
-        for i, m in enumerate(chain):
-            outer = i < len(chain) - 1
-            if getattr(m, "_compiled_call_impl", None) is not None or (outer and type(m).__name__ == "OptimizedModule"):
-                raise CompiledModuleError(
-                    f"{self.model._path_of(module)}.{kind} cannot be read because {self.model._path_of(m)} was compiled "
-                    "with torch.compile, and compiled code cannot pause mid-forward to hand over a value; trace the "
-                    "model as it was before compiling (compile a copy for plain runs)."
-                )
-
     def _wait_for(self, module: torch.nn.Module, key: tuple[torch.nn.Module, str]) -> None:
-        self._refuse_compiled(module, key[1])
+        refuse_compiled(self.model, module, key[1])
         self._wrap_running(module, key[1])
         if key[1] == "output":
             self._wrap(module)
